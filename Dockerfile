@@ -1,0 +1,16 @@
+# User-code image: serves the backup_pipeline code location over gRPC to a Dagster
+# webserver and daemon (see README, "Running in production").
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY backup_pipeline ./backup_pipeline
+RUN pip install . && useradd --create-home --uid 10001 backup
+
+USER 10001
+EXPOSE 4000
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s \
+  CMD dagster api grpc-health-check -p 4000 || exit 1
+CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", \
+     "-m", "backup_pipeline.definitions", "--location-name", "backup_pipeline"]

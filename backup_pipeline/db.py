@@ -1,0 +1,63 @@
+"""PostgreSQL connections. One place decides how a connection string is built."""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from backup_pipeline.errors import BackupError
+from backup_pipeline.settings import Settings
+
+APPLICATION_NAME = "backup_pipeline"
+
+
+def conninfo(settings: Settings) -> str:
+    """The libpq connection string; empty means libpq's PG* environment variables."""
+    return settings.database_url.get_secret_value()
+
+
+def connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Connection:
+    """Open a connection, turning libpq's errors into one line without the password."""
+    try:
+        return psycopg.connect(
+            conninfo(settings),
+            autocommit=autocommit,
+            application_name=APPLICATION_NAME,
+            connect_timeout=10,
+        )
+    except psycopg.Error as exc:
+        raise BackupError(
+            f"cannot connect to PostgreSQL {describe(settings)}: {redact(str(exc), settings)}"
+        ) from None
+
+
+def describe(settings: Settings) -> str:
+    """host:port/dbname for messages and metadata; never user or password."""
+    try:
+        params = conninfo_to_dict(conninfo(settings))
+    except psycopg.ProgrammingError:
+        return "(unparseable DATABASE_URL)"
+    host = params.get("host") or "(PGHOST)"
+    port = params.get("port") or "5432"
+    dbname = params.get("dbname") or "(PGDATABASE)"
+    return f"{host}:{port}/{dbname}"
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+_KV_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+
+
+def redact(text: str, settings: Settings | None = None) -> str:
+    """Remove anything password-like from a message before it is shown or logged."""
+    text = _URL_PASSWORD.sub(r"\1***@", text)
+    text = _KV_PASSWORD.sub(r"\1***", text)
+    if settings is not None:
+        try:
+            secret = conninfo_to_dict(conninfo(settings)).get("password")
+        except psycopg.ProgrammingError:
+            secret = None
+        if secret:
+            text = text.replace(str(secret), "***")
+    return text

@@ -1,0 +1,15 @@
+"""The Dagster entry point: ``dagster dev -m backup_pipeline.definitions``."""
+
+import dagster as dg
+
+from backup_pipeline.orchestration.assets import TABLE_ASSETS, TOPIC_SPECS
+from backup_pipeline.orchestration.jobs import JOBS
+from backup_pipeline.orchestration.resources import BackupEngine
+from backup_pipeline.orchestration.sensors import SENSORS
+
+defs = dg.Definitions(
+    assets=[*TOPIC_SPECS, *TABLE_ASSETS],
+    jobs=list(JOBS.values()),
+    sensors=SENSORS,
+    resources={"engine": BackupEngine()},
+)

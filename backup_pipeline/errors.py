@@ -1,0 +1,17 @@
+"""Errors a person is meant to read: one line, names what to fix, no secrets."""
+
+
+class BackupError(Exception):
+    """Base class for errors the CLI and Dagster show without a stack trace."""
+
+
+class ConfigError(BackupError):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+class ConcurrentWriterError(BackupError):
+    """Another pass holds the writer lock for the same (topic, version)."""
+
+
+class KafkaUnavailableError(BackupError):
+    """Kafka could not be reached or did not answer in time."""

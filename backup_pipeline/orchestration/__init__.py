@@ -1,0 +1,1 @@
+"""The thin Dagster shell around the engine: resources, assets, checks, sensors, jobs."""

@@ -1,0 +1,132 @@
+"""One external asset per Kafka topic and one asset per backup table, from one factory."""
+
+import re
+
+import dagster as dg
+
+from backup_pipeline.orchestration.resources import BackupEngine
+from backup_pipeline.report import PassReport
+from backup_pipeline.topics import TOPICS, TopicSpec, ValueFormat
+
+GROUP = "kafka_backup"
+
+_COMMON_COLUMNS = {
+    "version": ("smallint", "Backup version (BACKUP_VERSION); part of the primary key."),
+    "kafka_partition": ("smallint", "Kafka partition the record came from."),
+    "kafka_offset": ("bigint", "Kafka offset of the record within its partition."),
+    "record_key": ("bigint", "Record key: Kafka LongSerializer, signed 64-bit."),
+    "traceparent": ("varchar(58)", "Last W3C traceparent header; NULL if none or too long."),
+    "kafka_timestamp": ("timestamptz", "Record timestamp (NULL for rows from before it was kept)."),
+    "kafka_timestamp_type": ("smallint", "1 = CreateTime, 2 = LogAppendTime."),
+    "headers": ("jsonb", "All headers in order: [[name, base64 value or null], ...]."),
+}
+
+
+def topic_asset_key(spec: TopicSpec) -> dg.AssetKey:
+    return dg.AssetKey(["kafka", re.sub(r"[^A-Za-z0-9_]", "_", spec.default_topic)])
+
+
+def column_schema(spec: TopicSpec) -> dg.TableSchema:
+    columns = dict(_COMMON_COLUMNS)
+    if spec.value_format is ValueFormat.JSON_EVENT:
+        columns["arbeidssoeker_id"] = ("bigint", "arbeidssoekerId from the JSON event.")
+        columns["data"] = ("jsonb", "The JSON event (hendelseType, periodeId, ...).")
+        columns["kafka_value"] = ("bytea", "The value bytes exactly as produced.")
+    else:
+        columns["data"] = ("bytea", "The value bytes exactly as produced (Confluent-framed Avro).")
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(name, type_, description=description)
+            for name, (type_, description) in columns.items()
+        ]
+    )
+
+
+def topic_spec(spec: TopicSpec) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        key=topic_asset_key(spec),
+        description=f"Kafka topic `{spec.default_topic}` (name overridable with "
+        f"`{spec.topic_env_var}`). {spec.description}",
+        kinds={"kafka"},
+        group_name=GROUP,
+        metadata={"topic": spec.default_topic, "topic_env_var": spec.topic_env_var},
+    )
+
+
+def pass_metadata(report: PassReport) -> dict[str, dg.MetadataValue]:
+    partitions = [
+        dg.TableRecord(
+            {
+                "partition": p.partition,
+                "start_offset": p.start_offset,
+                "end_offset": p.end_offset,
+                "hwm_before": p.hwm_before,
+                "hwm_after": p.hwm_after,
+                "rows": p.rows,
+                "quarantined": p.quarantined,
+                "lag": p.lag,
+            }
+        )
+        for p in report.partitions
+    ]
+    return {
+        "topic": dg.MetadataValue.text(report.topic),
+        "version": dg.MetadataValue.int(report.version),
+        "rows_written": dg.MetadataValue.int(report.rows),
+        "quarantined": dg.MetadataValue.int(report.quarantined),
+        "warnings": dg.MetadataValue.int(report.warnings),
+        "records_lost": dg.MetadataValue.int(report.lost),
+        "lag_after": dg.MetadataValue.int(report.lag),
+        "records_per_second": dg.MetadataValue.float(round(report.records_per_second, 1)),
+        "duration_seconds": dg.MetadataValue.float(round(report.duration_seconds, 3)),
+        "skipped": dg.MetadataValue.text(report.skipped or ""),
+        "partitions": dg.MetadataValue.table(partitions, schema=PARTITION_SCHEMA),
+    }
+
+
+PARTITION_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn(name, "int")
+        for name in (
+            "partition",
+            "start_offset",
+            "end_offset",
+            "hwm_before",
+            "hwm_after",
+            "rows",
+            "quarantined",
+            "lag",
+        )
+    ]
+)
+
+
+def table_asset(spec: TopicSpec) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=spec.table,
+        deps=[topic_asset_key(spec)],
+        kinds={"postgres"},
+        group_name=GROUP,
+        description=f"Backup of `{spec.default_topic}` in PostgreSQL table `{spec.table}`: "
+        "one row per record, keyed by (version, kafka_partition, kafka_offset). "
+        f"{spec.description}",
+        metadata={
+            "dagster/table_name": f"public.{spec.table}",
+            "dagster/column_schema": column_schema(spec),
+        },
+    )
+    def _backup(context: dg.AssetExecutionContext, engine: BackupEngine) -> dg.MaterializeResult:
+        report = engine.run_pass(spec)
+        if report.skipped:
+            context.log.info(report.skipped)
+        else:
+            context.log.info(report.summary())
+        if report.errors:
+            raise dg.Failure(description="; ".join(report.errors), metadata=pass_metadata(report))
+        return dg.MaterializeResult(metadata=pass_metadata(report))
+
+    return _backup
+
+
+TOPIC_SPECS = [topic_spec(spec) for spec in TOPICS]
+TABLE_ASSETS = [table_asset(spec) for spec in TOPICS]

@@ -1,0 +1,261 @@
+"""Turn Kafka records into rows of the seed's tables, or into quarantine rows.
+
+Pure functions: no I/O. Anything PostgreSQL would refuse for a seed table is caught here
+and sent to quarantine with a reason a person can read, so a bad record never stops the
+backup and never vanishes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from backup_pipeline.topics import ValueFormat
+
+TRACEPARENT_HEADER = "traceparent"
+TRACEPARENT_MAX_CHARS = 58  # varchar(58) in the seed
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class KafkaMessage(Protocol):
+    """The parts of ``confluent_kafka.Message`` the mapping reads."""
+
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+    def headers(self) -> list[tuple[str, bytes | None]] | None: ...
+    def timestamp(self) -> tuple[int, int]: ...
+
+
+class RawJson(bytes):
+    """JSON text that is already serialised; written to a jsonb column as it is."""
+
+
+@dataclass
+class MappedBatch:
+    """Rows for the seed table and the quarantine, in offset order, plus counters."""
+
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    quarantine: list[tuple[Any, ...]] = field(default_factory=list)
+    warnings: int = 0
+    # Per partition: (rows, quarantined, warnings)
+    per_partition: dict[int, list[int]] = field(default_factory=dict)
+
+    def _count(self, partition: int, index: int) -> None:
+        counts = self.per_partition.setdefault(partition, [0, 0, 0])
+        counts[index] += 1
+
+
+def decode_key(key: bytes | None) -> int | None:
+    """The signed 64-bit big-endian key written by Kafka's LongSerializer, or None."""
+    if key is None or len(key) != 8:
+        return None
+    return int.from_bytes(key, "big", signed=True)
+
+
+def encode_headers(headers: list[tuple[str, bytes | None]] | None) -> RawJson:
+    """All headers, losslessly: order, duplicates, binary and null values."""
+    pairs = [
+        [name, None if value is None else base64.b64encode(value).decode("ascii")]
+        for name, value in headers or ()
+    ]
+    return RawJson(json.dumps(pairs, separators=(",", ":")).encode())
+
+
+def decode_headers(encoded: Any) -> list[tuple[str, bytes | None]]:
+    """Inverse of encode_headers, for restore and verify (accepts parsed JSON too)."""
+    pairs = json.loads(encoded) if isinstance(encoded, bytes | str) else encoded
+    return [(name, None if value is None else base64.b64decode(value)) for name, value in pairs]
+
+
+def traceparent(headers: list[tuple[str, bytes | None]] | None) -> tuple[str | None, bool]:
+    """The last traceparent header as text, and whether it had to be dropped (a warning)."""
+    value: bytes | None = None
+    found = False
+    for name, header_value in headers or ():
+        if name == TRACEPARENT_HEADER:
+            value, found = header_value, True
+    if not found or value is None:
+        return None, False
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, True
+    if len(text) > TRACEPARENT_MAX_CHARS or "\x00" in text:
+        return None, True
+    return text, False
+
+
+def kafka_timestamp(timestamp: tuple[int, int]) -> tuple[datetime | None, int | None]:
+    kind, millis = timestamp
+    if kind == 0 or millis < 0:  # TIMESTAMP_NOT_AVAILABLE
+        return None, None
+    return _EPOCH + timedelta(milliseconds=millis), kind
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_event(value: bytes) -> tuple[int | None, str | None]:
+    """(arbeidssoeker_id, None) for a storable JSON event, else (None, reason)."""
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"value is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+    try:
+        event = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        return None, f"value is not valid JSON: {exc}"
+    if not isinstance(event, dict):
+        return None, f"JSON value is a {type(event).__name__}, not an object"
+    # PostgreSQL's jsonb refuses what Python's json accepts in two places; check only
+    # when the escape is present, so the common case pays nothing.
+    if "\\u0000" in text:
+        return None, "JSON contains \\u0000, which PostgreSQL jsonb cannot store"
+    if "\\ud" in text.lower():
+        try:
+            json.dumps(event, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return None, "JSON contains a lone UTF-16 surrogate escape"
+    if "arbeidssoekerId" not in event:
+        return None, "JSON event has no arbeidssoekerId"
+    person = event["arbeidssoekerId"]
+    if type(person) is not int:  # bool is an int subclass; 12.0 and "12" are not ids
+        return None, f"arbeidssoekerId is not an integer: {json.dumps(person)[:100]}"
+    if not BIGINT_MIN <= person <= BIGINT_MAX:
+        return None, "arbeidssoekerId does not fit in bigint"
+    return person, None
+
+
+def quarantine_row(version: int, topic: str, message: KafkaMessage, reason: str) -> tuple[Any, ...]:
+    stamp, stamp_type = kafka_timestamp(message.timestamp())
+    return (
+        version,
+        topic,
+        message.partition(),
+        message.offset(),
+        reason,
+        message.key(),
+        message.value(),
+        encode_headers(message.headers()),
+        stamp,
+        stamp_type,
+    )
+
+
+def map_messages(
+    messages: list[KafkaMessage], value_format: ValueFormat, version: int, topic: str
+) -> MappedBatch:
+    """Map a batch; every message ends up as exactly one row or one quarantine row."""
+    batch = MappedBatch()
+    is_json = value_format is ValueFormat.JSON_EVENT
+    for message in messages:
+        partition = message.partition()
+        assert partition is not None
+        key = message.key()
+        value = message.value()
+        reason = None
+        record_key = decode_key(key)
+        if record_key is None:
+            reason = (
+                "record key is null"
+                if key is None
+                else f"record key is {len(key)} bytes, not the 8 of a signed 64-bit long"
+            )
+        elif value is None:
+            reason = "value is null (tombstone)"
+        person = None
+        if reason is None and is_json:
+            assert value is not None
+            person, reason = parse_event(value)
+        if reason is not None:
+            batch.quarantine.append(quarantine_row(version, topic, message, reason))
+            batch._count(partition, 1)
+            continue
+        headers = message.headers()
+        trace, dropped = traceparent(headers)
+        if dropped:
+            batch.warnings += 1
+            batch._count(partition, 2)
+        stamp, stamp_type = kafka_timestamp(message.timestamp())
+        if is_json:
+            batch.rows.append(
+                (
+                    version,
+                    partition,
+                    message.offset(),
+                    record_key,
+                    person,
+                    trace,
+                    RawJson(value or b""),
+                    stamp,
+                    stamp_type,
+                    encode_headers(headers),
+                    value,
+                )
+            )
+        else:
+            batch.rows.append(
+                (
+                    version,
+                    partition,
+                    message.offset(),
+                    record_key,
+                    trace,
+                    value,
+                    stamp,
+                    stamp_type,
+                    encode_headers(headers),
+                )
+            )
+        batch._count(partition, 0)
+    return batch
+
+
+def columns(value_format: ValueFormat) -> tuple[tuple[str, str], ...]:
+    """(column, PostgreSQL type) in the order map_messages builds rows, for binary COPY."""
+    if value_format is ValueFormat.JSON_EVENT:
+        return (
+            ("version", "int2"),
+            ("kafka_partition", "int2"),
+            ("kafka_offset", "int8"),
+            ("record_key", "int8"),
+            ("arbeidssoeker_id", "int8"),
+            ("traceparent", "varchar"),
+            ("data", "jsonb"),
+            ("kafka_timestamp", "timestamptz"),
+            ("kafka_timestamp_type", "int2"),
+            ("headers", "jsonb"),
+            ("kafka_value", "bytea"),
+        )
+    return (
+        ("version", "int2"),
+        ("kafka_partition", "int2"),
+        ("kafka_offset", "int8"),
+        ("record_key", "int8"),
+        ("traceparent", "varchar"),
+        ("data", "bytea"),
+        ("kafka_timestamp", "timestamptz"),
+        ("kafka_timestamp_type", "int2"),
+        ("headers", "jsonb"),
+    )
+
+
+QUARANTINE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("version", "int2"),
+    ("kafka_topic", "varchar"),
+    ("kafka_partition", "int4"),
+    ("kafka_offset", "int8"),
+    ("reason", "text"),
+    ("record_key", "bytea"),
+    ("kafka_value", "bytea"),
+    ("headers", "jsonb"),
+    ("kafka_timestamp", "timestamptz"),
+    ("kafka_timestamp_type", "int2"),
+)

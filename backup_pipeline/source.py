@@ -1,0 +1,145 @@
+"""Read a bounded range of a topic: from each partition's HWM+1 to its captured end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import cast
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from backup_pipeline.errors import BackupError, KafkaUnavailableError
+
+
+@dataclass
+class Batch:
+    messages: list[Message]
+    # New HWM of every partition whose HWM moves with this batch (position - 1).
+    hwms: dict[int, int]
+    size_bytes: int = 0
+
+
+@dataclass
+class Watermarks:
+    log_start: int  # first offset Kafka still holds
+    end: int  # read_committed: the last stable offset (next offset to be readable)
+
+
+@dataclass
+class ReadPlan:
+    """Where to start reading each partition and where to stop (exclusive)."""
+
+    start: dict[int, int] = field(default_factory=dict)
+    end: dict[int, int] = field(default_factory=dict)
+
+
+def partitions(consumer: Consumer, topic: str, timeout: float) -> list[int]:
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaUnavailableError(f"cannot list partitions of {topic}: {exc}") from None
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None:
+        reason = found.error.str() if found is not None and found.error else "not found"
+        raise BackupError(f"topic {topic} is not available: {reason}")
+    return sorted(found.partitions)
+
+
+def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float) -> Watermarks:
+    try:
+        # cached=False asks the broker; with isolation.level=read_committed the high mark
+        # is the last stable offset, so an open transaction never becomes "lag to read".
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=timeout, cached=False
+        )
+    except KafkaException as exc:
+        raise KafkaUnavailableError(f"cannot read offsets of {topic}[{partition}]: {exc}") from None
+    return Watermarks(log_start=low, end=high)
+
+
+def read(
+    consumer: Consumer,
+    topic: str,
+    plan: ReadPlan,
+    *,
+    batch_size: int,
+    batch_bytes: int,
+    max_records: int = 0,
+    idle_timeout: float = 30.0,
+) -> Iterator[Batch]:
+    """Yield batches until every planned partition reached its end (or max_records).
+
+    A partition is done when a record at or beyond its captured end arrives, or when the
+    consumer reports partition EOF at or beyond it; offsets below that are then all
+    accounted for, including transaction markers that carry no record.
+    """
+    remaining = {p for p in plan.start if plan.start[p] < plan.end[p]}
+    if not remaining:
+        return
+    consumer.assign([TopicPartition(topic, p, plan.start[p]) for p in sorted(remaining)])
+    messages: list[Message] = []
+    moved: dict[int, int] = {}
+    size = 0
+    total = 0
+    last_progress = time.monotonic()
+
+    def finish(partition: int, new_hwm: int) -> None:
+        moved[partition] = max(moved.get(partition, -1), new_hwm)
+        remaining.discard(partition)
+        consumer.pause([TopicPartition(topic, partition)])
+
+    try:
+        while remaining:
+            want = min(1000, batch_size - len(messages))
+            polled = consumer.consume(num_messages=want, timeout=0.5)
+            for message in polled:
+                partition = cast(int, message.partition())
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        # Everything below the EOF position has been delivered or is a
+                        # marker; if the broker's "end" was a high watermark above an
+                        # open transaction, EOF at the stable offset still ends the read.
+                        if partition in remaining:
+                            finish(partition, cast(int, message.offset()) - 1)
+                        continue
+                    if error.fatal() or not error.retriable():
+                        raise KafkaUnavailableError(f"reading {topic}: {error.str()}")
+                    continue
+                if partition not in remaining:
+                    continue  # beyond the end captured for this pass; the next pass reads it
+                offset = cast(int, message.offset())
+                end = plan.end[partition]
+                if offset >= end:
+                    finish(partition, end - 1)
+                    continue
+                messages.append(message)
+                moved[partition] = offset
+                size += len(message.value() or b"") + len(message.key() or b"")
+                total += 1
+                if offset >= end - 1:
+                    finish(partition, offset)
+            if polled:
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > idle_timeout:
+                stuck = ", ".join(str(p) for p in sorted(remaining))
+                raise KafkaUnavailableError(
+                    f"no progress reading {topic} partitions {stuck} for {idle_timeout:.0f}s"
+                )
+            capped = bool(max_records) and total >= max_records
+            if messages and (
+                len(messages) >= batch_size or size >= batch_bytes or not remaining or capped
+            ):
+                yield Batch(messages=messages, hwms=dict(moved), size_bytes=size)
+                messages, moved, size = [], {}, 0
+            elif moved and not remaining:
+                # Only markers were left (no records): still move those HWMs.
+                yield Batch(messages=[], hwms=dict(moved), size_bytes=0)
+                moved = {}
+            if capped:
+                return
+        if moved:
+            yield Batch(messages=messages, hwms=dict(moved), size_bytes=size)
+    finally:
+        consumer.unassign()

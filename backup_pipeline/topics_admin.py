@@ -1,0 +1,32 @@
+"""Creating topics (demo, tests, restore targets) with the AdminClient."""
+
+from __future__ import annotations
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from backup_pipeline.errors import KafkaUnavailableError
+
+
+def create_topics(
+    admin: AdminClient, names: list[str], partitions: int = 3, timeout: float = 30.0
+) -> list[str]:
+    """Create the topics that don't exist yet; return the names created."""
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = [
+        NewTopic(n, num_partitions=partitions, replication_factor=1)
+        for n in names
+        if n not in existing
+    ]
+    if not wanted:
+        return []
+    futures = admin.create_topics(wanted, operation_timeout=timeout, request_timeout=timeout)
+    created = []
+    for name, future in futures.items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise KafkaUnavailableError(f"cannot create topic {name}: {exc}") from None
+    return created

@@ -1,0 +1,165 @@
+"""Write one batch atomically: its rows, its quarantine rows and the new HWMs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import set_json_dumps
+
+from backup_pipeline import failpoints, hwm
+from backup_pipeline.records import (
+    QUARANTINE_COLUMNS,
+    KafkaMessage,
+    MappedBatch,
+    columns,
+    map_messages,
+    quarantine_row,
+)
+from backup_pipeline.topics import TopicSpec
+
+log = logging.getLogger(__name__)
+
+
+def _dumps(obj: Any) -> bytes | str:
+    # RawJson (bytes) is JSON text already: pass it through instead of re-serialising.
+    return obj if isinstance(obj, bytes) else json.dumps(obj)
+
+
+def _copy(
+    cur: psycopg.Cursor,
+    table: str,
+    cols: Sequence[tuple[str, str]],
+    rows: Sequence[tuple[Any, ...]],
+) -> None:
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(c) for c, _ in cols)
+    )
+    with cur.copy(statement) as copy:
+        copy.set_types([t for _, t in cols])
+        for row in rows:
+            copy.write_row(row)
+
+
+def _insert_one(
+    cur: psycopg.Cursor, table: str, cols: Sequence[tuple[str, str]], row: tuple[Any, ...]
+) -> None:
+    statement = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+        sql.Identifier(table),
+        sql.SQL(", ").join(sql.Identifier(c) for c, _ in cols),
+        sql.SQL(", ").join(sql.SQL("%s::") + sql.SQL(t) for _, t in cols),
+    )
+    cur.execute(statement, row)
+
+
+def write_batch(
+    conn: psycopg.Connection,
+    spec: TopicSpec,
+    topic: str,
+    version: int,
+    messages: list[KafkaMessage],
+    hwm_moves: dict[int, tuple[int, int]],
+) -> MappedBatch:
+    """Store a batch and move the HWMs in one transaction; return what went where.
+
+    If PostgreSQL refuses a row that the mapping let through (something only the server
+    knows, e.g. a number out of numeric's range), the batch is written again row by row
+    and the refused rows go to quarantine with the server's message: never a stall.
+    """
+    mapped = map_messages(messages, spec.value_format, version, topic)
+    try:
+        _write(conn, spec, topic, version, mapped, hwm_moves)
+    except psycopg.DataError as exc:
+        log.warning(
+            "batch refused by PostgreSQL (%s); isolating the refused rows", exc.diag.message_primary
+        )
+        mapped = _write_row_by_row(conn, spec, topic, version, messages, mapped, hwm_moves)
+    return mapped
+
+
+def _write(
+    conn: psycopg.Connection,
+    spec: TopicSpec,
+    topic: str,
+    version: int,
+    mapped: MappedBatch,
+    hwm_moves: dict[int, tuple[int, int]],
+) -> None:
+    with conn.transaction(), conn.cursor() as cur:
+        set_json_dumps(_dumps, context=cur)
+        if mapped.rows:
+            _copy(cur, spec.table, columns(spec.value_format), mapped.rows)
+        failpoints.hit("rows_copied")
+        if mapped.quarantine:
+            _copy(cur, "backup_quarantine", QUARANTINE_COLUMNS, mapped.quarantine)
+        hwm.advance(conn, version, topic, hwm_moves)
+        failpoints.hit("before_commit")
+    failpoints.hit("after_commit")
+
+
+def _write_row_by_row(
+    conn: psycopg.Connection,
+    spec: TopicSpec,
+    topic: str,
+    version: int,
+    messages: list[KafkaMessage],
+    mapped: MappedBatch,
+    hwm_moves: dict[int, tuple[int, int]],
+) -> MappedBatch:
+    by_offset = {(m.partition(), m.offset()): m for m in messages}
+    cols = columns(spec.value_format)
+    result = MappedBatch(
+        quarantine=list(mapped.quarantine),
+        warnings=mapped.warnings,
+        per_partition={p: list(c) for p, c in mapped.per_partition.items()},
+    )
+    with conn.transaction(), conn.cursor() as cur:
+        set_json_dumps(_dumps, context=cur)
+        for row in mapped.rows:
+            try:
+                with conn.transaction():  # a savepoint per row: slow, and only for this case
+                    _insert_one(cur, spec.table, cols, row)
+                result.rows.append(row)
+            except psycopg.DataError as exc:
+                partition, offset = row[1], row[2]
+                reason = f"refused by PostgreSQL: {exc.diag.message_primary}"
+                result.quarantine.append(
+                    quarantine_row(version, topic, by_offset[(partition, offset)], reason)
+                )
+                counts = result.per_partition[partition]
+                counts[0] -= 1
+                counts[1] += 1
+        if result.quarantine:
+            _copy(cur, "backup_quarantine", QUARANTINE_COLUMNS, result.quarantine)
+        hwm.advance(conn, version, topic, hwm_moves)
+    return result
+
+
+def record_gap(
+    conn: psycopg.Connection,
+    version: int,
+    topic: str,
+    partition: int,
+    first: int,
+    last: int,
+    kind: str,
+    old_hwm: int,
+) -> None:
+    """Record offsets Kafka no longer holds and move the HWM past them, atomically."""
+    with conn.transaction():
+        conn.execute(
+            """
+            INSERT INTO backup_gaps (version, kafka_topic, kafka_partition,
+                                     first_lost_offset, last_lost_offset, kind)
+            VALUES (%s, %s, %s, %s, %s, %s)
+            ON CONFLICT (version, kafka_topic, kafka_partition, first_lost_offset)
+            DO UPDATE SET last_lost_offset = GREATEST(backup_gaps.last_lost_offset,
+                                                      EXCLUDED.last_lost_offset)
+            """,
+            (version, topic, partition, first, last, kind),
+        )
+        hwm.advance(conn, version, topic, {partition: (old_hwm, last)})

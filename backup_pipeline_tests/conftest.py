@@ -1,0 +1,141 @@
+"""Fixtures for tests against the real Kafka broker and PostgreSQL from dev/services.
+
+`make test` starts the services and exports KAFKA_BROKERS and DATABASE_URL; run alone,
+pytest starts them itself. A test that needs a service never skips: if the services
+cannot start, the test errors.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewPartitions
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from backup_pipeline.migrate import migrate
+from backup_pipeline.settings import Settings, load_settings
+from backup_pipeline.topics import TOPICS
+from backup_pipeline.topics_admin import create_topics
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def services() -> dict[str, str]:
+    if not (os.environ.get("KAFKA_BROKERS") and os.environ.get("DATABASE_URL")):
+        out = subprocess.run(
+            [str(REPO / "dev" / "services"), "up"], check=True, capture_output=True, text=True
+        ).stdout
+        for line in out.splitlines():
+            name, _, value = line.removeprefix("export ").partition("=")
+            os.environ[name] = value
+    return {
+        "KAFKA_BROKERS": os.environ["KAFKA_BROKERS"],
+        "DATABASE_URL": os.environ["DATABASE_URL"],
+    }
+
+
+def _with_dbname(url: str, dbname: str) -> str:
+    params = conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return make_conninfo(**params)
+
+
+def _admin_execute(services: dict[str, str], statement: str) -> None:
+    with psycopg.connect(services["DATABASE_URL"], autocommit=True) as conn:
+        conn.execute(statement)
+
+
+@pytest.fixture(scope="session")
+def template_database(services: dict[str, str]) -> Iterator[str]:
+    """A database migrated once per session, copied for every test that needs one."""
+    name = f"bp_template_{os.getpid()}"
+    _admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    _admin_execute(services, f'CREATE DATABASE "{name}"')
+    url = _with_dbname(services["DATABASE_URL"], name)
+    migrate(load_settings({"KAFKA_BROKERS": services["KAFKA_BROKERS"], "DATABASE_URL": url}))
+    yield name
+    _admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_database_url(services: dict[str, str]) -> Iterator[str]:
+    name = f"bp_test_{uuid.uuid4().hex[:12]}"
+    _admin_execute(services, f'CREATE DATABASE "{name}"')
+    yield _with_dbname(services["DATABASE_URL"], name)
+    _admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(services: dict[str, str], template_database: str) -> Iterator[str]:
+    """A fresh, fully migrated database of its own."""
+    name = f"bp_test_{uuid.uuid4().hex[:12]}"
+    _admin_execute(services, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    yield _with_dbname(services["DATABASE_URL"], name)
+    _admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def admin(services: dict[str, str]) -> AdminClient:
+    return AdminClient({"bootstrap.servers": services["KAFKA_BROKERS"]})
+
+
+@pytest.fixture
+def topic_names(admin: AdminClient) -> dict[str, str]:
+    """Three fresh topics (3 partitions each) named for this test only: table -> topic."""
+    suffix = uuid.uuid4().hex[:10]
+    names = {spec.table: f"test.{spec.table}.{suffix}" for spec in TOPICS}
+    create_topics(admin, list(names.values()), partitions=3)
+    return names
+
+
+def make_settings(
+    services: dict[str, str],
+    database_url: str,
+    topic_names: dict[str, str] | None = None,
+    **extra: str,
+) -> Settings:
+    env = {"KAFKA_BROKERS": services["KAFKA_BROKERS"], "DATABASE_URL": database_url}
+    for spec in TOPICS:
+        if topic_names and spec.table in topic_names:
+            env[spec.topic_env_var] = topic_names[spec.table]
+    env.update(extra)
+    return load_settings(env)
+
+
+@pytest.fixture
+def settings(services: dict[str, str], database_url: str, topic_names: dict[str, str]) -> Settings:
+    return make_settings(services, database_url, topic_names)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def producer(services: dict[str, str]) -> Iterator[Producer]:
+    producer = Producer(
+        {"bootstrap.servers": services["KAFKA_BROKERS"], "linger.ms": 5, "enable.idempotence": True}
+    )
+    yield producer
+    producer.flush(30)
+
+
+def add_partitions(admin: AdminClient, topic: str, total: int) -> None:
+    import time
+
+    for future in admin.create_partitions([NewPartitions(topic, total)]).values():
+        future.result()
+    deadline = time.monotonic() + 30
+    while len(admin.list_topics(topic, timeout=10).topics[topic].partitions) < total:
+        assert time.monotonic() < deadline, "new partitions never showed in metadata"
+        time.sleep(0.2)
