@@ -161,6 +161,8 @@ def _run_locked(
             part.rows += rows
             part.quarantined += quarantined
             part.warnings += warnings
+        for partition, count in batch.no_record.items():
+            by_partition[partition].no_record += count
         report.batches += 1
         report.bytes_read += batch.size_bytes
 
@@ -173,10 +175,15 @@ def backup_topic(
     settings: Settings,
     spec: TopicSpec,
     *,
+    version: int | None = None,
     max_records: int | None = None,
     lock_wait_seconds: float = 0.0,
 ) -> PassReport:
-    """One pass with connections made from settings, closed afterwards."""
+    """One pass with connections made from settings, closed afterwards.
+
+    ``version`` defaults to BACKUP_VERSION; the Dagster layer passes the previous version
+    while a new one is still being re-ingested.
+    """
     consumer = open_consumer(settings)
     try:
         with closing(db.connect(settings, autocommit=True)) as conn:
@@ -185,7 +192,7 @@ def backup_topic(
                 consumer,
                 spec,
                 settings.topic(spec),
-                settings.backup_version,
+                settings.backup_version if version is None else version,
                 batch_size=settings.backup_batch_size,
                 batch_bytes=settings.backup_batch_bytes,
                 max_records=(

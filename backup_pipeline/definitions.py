@@ -5,11 +5,13 @@ import dagster as dg
 from backup_pipeline.orchestration.assets import TABLE_ASSETS, TOPIC_SPECS
 from backup_pipeline.orchestration.jobs import JOBS
 from backup_pipeline.orchestration.resources import BackupEngine
+from backup_pipeline.orchestration.retention import purge_old_runs_job, purge_schedule
 from backup_pipeline.orchestration.sensors import SENSORS
 
 defs = dg.Definitions(
     assets=[*TOPIC_SPECS, *TABLE_ASSETS],
-    jobs=list(JOBS.values()),
+    jobs=[*JOBS.values(), purge_old_runs_job],
     sensors=SENSORS,
+    schedules=[purge_schedule],
     resources={"engine": BackupEngine()},
 )

@@ -15,6 +15,7 @@ class PartitionReport:
     rows: int = 0
     quarantined: int = 0
     warnings: int = 0
+    no_record: int = 0  # offsets passed that carried no record (markers, compaction)
     lost_first: int | None = None
     lost_last: int | None = None
     lost_kind: str | None = None
@@ -30,6 +31,7 @@ class PartitionReport:
 
     @property
     def lost(self) -> int:
+        """Offsets Kafka no longer held when this pass reached them (any kind)."""
         if self.lost_first is None or self.lost_last is None:
             return 0
         return self.lost_last - self.lost_first + 1

@@ -55,6 +55,17 @@ class Settings(BaseModel):
     backup_max_records_per_pass: int = Field(
         default=0, ge=0, validation_alias="BACKUP_MAX_RECORDS_PER_PASS"
     )
+    # Re-ingestion of a new version: it becomes current once its lag is at most this; until
+    # then the previous version keeps being backed up.
+    backup_caught_up_max_lag: int = Field(
+        default=1000, ge=0, validation_alias="BACKUP_CAUGHT_UP_MAX_LAG"
+    )
+    # Records per run while re-ingesting, so each run of a big backfill stays short.
+    backup_backfill_run_records: int = Field(
+        default=200_000, ge=1, validation_alias="BACKUP_BACKFILL_RUN_RECORDS"
+    )
+    # "HH:MM-HH:MM" (UTC): re-ingestion runs start only inside it; empty = at once.
+    backup_backfill_window: str = Field(default="", validation_alias="BACKUP_BACKFILL_WINDOW")
     backup_auto_migrate: bool = Field(default=True, validation_alias="BACKUP_AUTO_MIGRATE")
 
     topic_names: dict[str, str] = Field(default_factory=dict, exclude=True)
@@ -66,6 +77,20 @@ class Settings(BaseModel):
             host, _, port = broker.strip().rpartition(":")
             if not host or not port.isdigit():
                 raise ValueError("expected host:port[,host:port...]")
+        return value
+
+    @field_validator("backup_backfill_window")
+    @classmethod
+    def _window_is_hh_mm_range(cls, value: str) -> str:
+        if value.strip():
+            try:
+                start, sep, end = value.partition("-")
+                assert sep
+                for part in (start, end):
+                    minutes = _minutes(part)
+                    assert 0 <= minutes <= 24 * 60
+            except (AssertionError, ValueError):
+                raise ValueError("expected HH:MM-HH:MM (UTC), e.g. 22:00-06:00") from None
         return value
 
     def topic(self, spec: TopicSpec) -> str:
@@ -97,3 +122,19 @@ def _describe(exc: ValidationError) -> str:
             # Never echo the rejected value: it may be a password or a connection string.
             problems.append(f"{name}: {error['msg']}")
     return "invalid configuration: " + "; ".join(problems)
+
+
+def in_window(window: str, minute_of_day: int) -> bool:
+    """Whether ``minute_of_day`` (UTC) lies in an "HH:MM-HH:MM" window (may wrap midnight)."""
+    if not window.strip():
+        return True
+    start_text, _, end_text = window.partition("-")
+    start, end = _minutes(start_text), _minutes(end_text)
+    if start <= end:
+        return start <= minute_of_day < end
+    return minute_of_day >= start or minute_of_day < end
+
+
+def _minutes(text: str) -> int:
+    hours, _, minutes = text.strip().partition(":")
+    return int(hours) * 60 + int(minutes or 0)

@@ -18,6 +18,9 @@ class Batch:
     # New HWM of every partition whose HWM moves with this batch (position - 1).
     hwms: dict[int, int]
     size_bytes: int = 0
+    # Per partition: offsets passed in this batch that carried no record (transaction
+    # markers, aborted or compacted records) -- the "offsets accounted for" check uses it.
+    no_record: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,11 +83,21 @@ def read(
     consumer.assign([TopicPartition(topic, p, plan.start[p]) for p in sorted(remaining)])
     messages: list[Message] = []
     moved: dict[int, int] = {}
+    no_record: dict[int, int] = {}
+    last_seen = {p: plan.start[p] - 1 for p in remaining}
     size = 0
     total = 0
     last_progress = time.monotonic()
 
+    def skipped(partition: int, upto: int) -> None:
+        # Offsets between the last one seen and ``upto`` carried no readable record.
+        if upto > last_seen[partition] + 1:
+            no_record[partition] = no_record.get(partition, 0) + upto - last_seen[partition] - 1
+        last_seen[partition] = max(last_seen[partition], upto)
+
     def finish(partition: int, new_hwm: int) -> None:
+        skipped(partition, new_hwm + 1)
+        last_seen[partition] = new_hwm
         moved[partition] = max(moved.get(partition, -1), new_hwm)
         remaining.discard(partition)
         consumer.pause([TopicPartition(topic, partition)])
@@ -92,6 +105,8 @@ def read(
     try:
         while remaining:
             want = min(1000, batch_size - len(messages))
+            if max_records:
+                want = min(want, max_records - total)
             polled = consumer.consume(num_messages=want, timeout=0.5)
             for message in polled:
                 partition = cast(int, message.partition())
@@ -115,6 +130,7 @@ def read(
                     finish(partition, end - 1)
                     continue
                 messages.append(message)
+                skipped(partition, offset)
                 moved[partition] = offset
                 size += len(message.value() or b"") + len(message.key() or b"")
                 total += 1
@@ -131,15 +147,15 @@ def read(
             if messages and (
                 len(messages) >= batch_size or size >= batch_bytes or not remaining or capped
             ):
-                yield Batch(messages=messages, hwms=dict(moved), size_bytes=size)
-                messages, moved, size = [], {}, 0
+                yield Batch(messages, dict(moved), size, dict(no_record))
+                messages, moved, size, no_record = [], {}, 0, {}
             elif moved and not remaining:
                 # Only markers were left (no records): still move those HWMs.
-                yield Batch(messages=[], hwms=dict(moved), size_bytes=0)
-                moved = {}
+                yield Batch([], dict(moved), 0, dict(no_record))
+                moved, no_record = {}, {}
             if capped:
                 return
         if moved:
-            yield Batch(messages=messages, hwms=dict(moved), size_bytes=size)
+            yield Batch(messages, dict(moved), size, dict(no_record))
     finally:
         consumer.unassign()

@@ -37,8 +37,7 @@ def stored_offsets(conn: psycopg.Connection, table: str, version: int = 1) -> li
     return [
         tuple(r)
         for r in conn.execute(
-            f"SELECT kafka_partition, kafka_offset FROM {table} WHERE version = %s "
-            "ORDER BY 1, 2",
+            f"SELECT kafka_partition, kafka_offset FROM {table} WHERE version = %s ORDER BY 1, 2",
             (version,),
         ).fetchall()
     ]

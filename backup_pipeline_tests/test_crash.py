@@ -89,7 +89,7 @@ def test_killed_passes_at_many_points_still_store_every_offset_exactly_once(
         proc.communicate(timeout=60)
 
     final = _pass_process(env, None)
-    out, err = final.communicate(timeout=180)
+    _out, err = final.communicate(timeout=180)
     assert final.returncode == 0, err.decode()
 
     accounted = _accounted(db, topic)

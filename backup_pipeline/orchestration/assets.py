@@ -1,10 +1,11 @@
 """One external asset per Kafka topic and one asset per backup table, from one factory."""
 
 import re
+from datetime import timedelta
 
 import dagster as dg
 
-from backup_pipeline.orchestration.resources import BackupEngine
+from backup_pipeline.orchestration.resources import BackupEngine, RunOutcome
 from backup_pipeline.report import PassReport
 from backup_pipeline.topics import TOPICS, TopicSpec, ValueFormat
 
@@ -101,6 +102,102 @@ PARTITION_SCHEMA = dg.TableSchema(
 )
 
 
+CAUGHT_UP = "caught_up"
+NO_QUARANTINE = "no_quarantined_records"
+NO_GAPS = "no_retention_gaps"
+ACCOUNTED = "offsets_accounted_for"
+
+# Without new records there are no runs, so a long quiet spell is not an error by itself:
+# warn after two hours without a materialization, fail after a day.
+FRESHNESS = dg.FreshnessPolicy.time_window(
+    fail_window=timedelta(hours=24), warn_window=timedelta(hours=2)
+)
+
+
+class BackupRunConfig(dg.Config):
+    """Per-run options; the sensors set them, a re-run from the UI may leave them empty."""
+
+    version: int | None = None  # None: BACKUP_VERSION
+    max_records: int | None = None  # None: BACKUP_MAX_RECORDS_PER_PASS
+
+
+def check_specs(spec: TopicSpec) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(
+            CAUGHT_UP,
+            asset=spec.table,
+            description="Lag after the run is at most BACKUP_CAUGHT_UP_MAX_LAG.",
+        ),
+        dg.AssetCheckSpec(
+            NO_QUARANTINE,
+            asset=spec.table,
+            description="No record of this topic and version is in "
+            "backup_quarantine (warning: they are kept raw there).",
+        ),
+        dg.AssetCheckSpec(
+            NO_GAPS,
+            asset=spec.table,
+            description="Kafka deleted no offsets (retention) before they "
+            "were backed up; see backup_gaps.",
+        ),
+        dg.AssetCheckSpec(
+            ACCOUNTED,
+            asset=spec.table,
+            description="Every offset the run passed is a row, a quarantined "
+            "record, a lost offset or an offset without a record.",
+        ),
+    ]
+
+
+def check_results(spec: TopicSpec, outcome: RunOutcome, max_lag: int) -> list[dg.AssetCheckResult]:
+    report = outcome.report
+    where = (
+        f"SELECT * FROM backup_quarantine WHERE kafka_topic = '{report.topic}' "
+        f"AND version = {report.version}"
+    )
+    return [
+        dg.AssetCheckResult(
+            check_name=CAUGHT_UP,
+            asset_key=spec.table,
+            passed=report.lag <= max_lag,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"lag": report.lag, "max_lag": max_lag, "version": report.version},
+        ),
+        dg.AssetCheckResult(
+            check_name=NO_QUARANTINE,
+            asset_key=spec.table,
+            passed=outcome.quarantined_total == 0,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "quarantined": outcome.quarantined_total,
+                "quarantined_this_run": report.quarantined,
+                "where_to_look": dg.MetadataValue.text(where),
+            },
+        ),
+        dg.AssetCheckResult(
+            check_name=NO_GAPS,
+            asset_key=spec.table,
+            passed=outcome.lost_total == 0,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"offsets_lost": outcome.lost_total, "lost_this_run": report.lost},
+        ),
+        dg.AssetCheckResult(
+            check_name=ACCOUNTED,
+            asset_key=spec.table,
+            passed=not outcome.discrepancies,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                "offsets_checked": sum(
+                    max(0, p.hwm_after - p.hwm_before) for p in report.partitions
+                ),
+                "discrepancies": dg.MetadataValue.text(
+                    "; ".join(d.describe() for d in outcome.discrepancies) or "none"
+                ),
+            },
+        ),
+    ]
+
+
 def table_asset(spec: TopicSpec) -> dg.AssetsDefinition:
     @dg.asset(
         name=spec.table,
@@ -114,16 +211,22 @@ def table_asset(spec: TopicSpec) -> dg.AssetsDefinition:
             "dagster/table_name": f"public.{spec.table}",
             "dagster/column_schema": column_schema(spec),
         },
+        check_specs=check_specs(spec),
+        freshness_policy=FRESHNESS,
     )
-    def _backup(context: dg.AssetExecutionContext, engine: BackupEngine) -> dg.MaterializeResult:
-        report = engine.run_pass(spec)
-        if report.skipped:
-            context.log.info(report.skipped)
-        else:
-            context.log.info(report.summary())
+    def _backup(
+        context: dg.AssetExecutionContext, config: BackupRunConfig, engine: BackupEngine
+    ) -> dg.MaterializeResult:
+        outcome = engine.run_backup(spec, config.version, config.max_records)
+        report = outcome.report
+        context.log.info(report.summary())
         if report.errors:
             raise dg.Failure(description="; ".join(report.errors), metadata=pass_metadata(report))
-        return dg.MaterializeResult(metadata=pass_metadata(report))
+        settings = engine.settings()
+        return dg.MaterializeResult(
+            metadata=pass_metadata(report),
+            check_results=check_results(spec, outcome, settings.backup_caught_up_max_lag),
+        )
 
     return _backup
 

@@ -6,12 +6,20 @@ import dagster as dg
 
 from backup_pipeline.topics import TOPICS, TopicSpec
 
-# dagster.yaml limits queued runs to one per value of this tag: one writer per topic.
 TABLE_TAG = "backup_pipeline/table"
+# dagster.yaml allows one queued-to-running run per value of this tag: one writer per
+# (table, version), the same unit as the engine's advisory lock.
+WRITER_TAG = "backup_pipeline/writer"
+VERSION_TAG = "backup_pipeline/version"
+REINGEST_TAG = "backup_pipeline/reingest"
 
 
 def job_name(spec: TopicSpec) -> str:
     return f"backup_{spec.table}"
+
+
+def writer_tag_value(spec: TopicSpec, version: int) -> str:
+    return f"{spec.table}:v{version}"
 
 
 def backup_job(spec: TopicSpec) -> dg.UnresolvedAssetJobDefinition:

@@ -1,0 +1,45 @@
+"""Keep the run history bounded: three topics x a run every 30 s adds up."""
+
+import os
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+RETENTION_DAYS = int(os.environ.get("BACKUP_RUN_RETENTION_DAYS", "14"))
+
+
+@dg.op(description="Delete runs (and their event logs) older than BACKUP_RUN_RETENTION_DAYS.")
+def purge_old_runs(context: dg.OpExecutionContext) -> int:
+    cutoff = datetime.now(UTC) - timedelta(days=RETENTION_DAYS)
+    deleted = 0
+    while True:
+        records = context.instance.get_run_records(
+            filters=dg.RunsFilter(
+                created_before=cutoff,
+                statuses=[
+                    dg.DagsterRunStatus.SUCCESS,
+                    dg.DagsterRunStatus.FAILURE,
+                    dg.DagsterRunStatus.CANCELED,
+                ],
+            ),
+            limit=500,
+        )
+        if not records:
+            break
+        for record in records:
+            context.instance.delete_run(record.dagster_run.run_id)
+        deleted += len(records)
+    context.log.info(f"deleted {deleted} runs created before {cutoff:%Y-%m-%d %H:%M} UTC")
+    return deleted
+
+
+@dg.job(description="Purge old runs from Dagster's run history.")
+def purge_old_runs_job() -> None:
+    purge_old_runs()
+
+
+purge_schedule = dg.ScheduleDefinition(
+    job=purge_old_runs_job,
+    cron_schedule="17 3 * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
