@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 ## Start Kafka and PostgreSQL, run the whole test suite, stop what was started.
 test: install
+	dev/ensure-chromium
 	dev/with-services $(BIN)/pytest $(PYTEST_ARGS)
 
 ## Services, topics, a demo producer and the Dagster UI on http://127.0.0.1:3000 (Ctrl-C stops).

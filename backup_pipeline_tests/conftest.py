@@ -12,6 +12,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -43,6 +44,9 @@ def services() -> dict[str, str]:
 
 
 def _with_dbname(url: str, dbname: str) -> str:
+    if "://" in url:  # keep URLs as URLs: DAGSTER_PG_URL must be one
+        parts = urlsplit(url)
+        return urlunsplit(parts._replace(path=f"/{dbname}"))
     params = conninfo_to_dict(url)
     params["dbname"] = dbname
     return make_conninfo(**params)

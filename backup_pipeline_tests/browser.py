@@ -1,0 +1,43 @@
+"""Headless Chromium (Debian's package) driven by Playwright, for UI checks."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from playwright.sync_api import Page, sync_playwright
+
+# As root in a closed network: no sandbox, and none of Chromium's calls home.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "chromium is not installed: run dev/ensure-chromium (make test does)"
+    return path
+
+
+@contextmanager
+def browser_page() -> Iterator[Page]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1500, "height": 950})
+        finally:
+            browser.close()
+
+
+def dismiss_dialogs(page: Page) -> None:
+    """Dagster greets a new instance with a community dialog; skip it."""
+    skip = page.get_by_role("button", name="Skip")
+    if skip.count():
+        skip.first.click()
