@@ -73,7 +73,7 @@ class DagsterServer:
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         body = json.dumps({"query": query, "variables": variables or {}}).encode()
-        request = urllib.request.Request(
+        request = urllib.request.Request(  # noqa: S310 - our own http URL
             f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"}
         )
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
