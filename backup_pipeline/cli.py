@@ -1,4 +1,4 @@
-"""The operator CLI: ``backup-pipeline migrate | backup | status | demo-producer``."""
+"""The operator CLI: ``backup-pipeline migrate | backup | status | restore | verify | ...``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pandas as pd
 from confluent_kafka.admin import AdminClient
 
 from backup_pipeline import backup, db, migrate, status
+from backup_pipeline.cli_restore import restore_command, verify_command
 from backup_pipeline.errors import BackupError
 from backup_pipeline.kafka_config import admin_config
 from backup_pipeline.settings import Settings, load_settings
@@ -164,6 +165,9 @@ def demo_producer_command(rate: float, seconds: float | None, awkward_share: flo
     sent = demo.produce(settings, rate=rate, seconds=seconds, awkward_share=awkward_share)
     click.echo(f"produced {sent} records")
 
+
+main.add_command(restore_command)
+main.add_command(verify_command)
 
 if __name__ == "__main__":
     main()

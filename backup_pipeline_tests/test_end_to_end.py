@@ -61,8 +61,7 @@ def successful_runs(server: DagsterServer, version: str) -> dict[str, list[dict]
 
 def rows(db: psycopg.Connection, table: str, version: int) -> list[tuple]:
     return db.execute(
-        f"SELECT * FROM {table} WHERE version = %s "
-        "ORDER BY kafka_partition, kafka_offset",
+        f"SELECT * FROM {table} WHERE version = %s ORDER BY kafka_partition, kafka_offset",
         (version,),
     ).fetchall()
 

@@ -1,0 +1,195 @@
+"""``backup-pipeline restore`` and ``backup-pipeline verify`` (registered in cli.py)."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from backup_pipeline import migrate
+from backup_pipeline.errors import BackupError
+from backup_pipeline.restore import RestoreReport, RestoreRequest, restore, resume
+from backup_pipeline.restore_source import Selection
+from backup_pipeline.settings import Settings, load_settings
+from backup_pipeline.topics import TABLES
+from backup_pipeline.verify import verify
+
+
+def _fail(exc: BackupError) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(2)
+
+
+def _maybe_migrate(settings: Settings, skip: bool) -> None:
+    if settings.backup_auto_migrate and not skip:
+        migrate.migrate(settings)
+
+
+def _parse_offsets(values: tuple[str, ...]) -> dict[int, tuple[int | None, int | None]]:
+    """``P:FIRST-LAST`` (either end may be left out, e.g. ``0:100-`` or ``2:-50``)."""
+    ranges: dict[int, tuple[int | None, int | None]] = {}
+    for value in values:
+        try:
+            partition, _, span = value.partition(":")
+            first, _, last = span.partition("-")
+            ranges[int(partition)] = (int(first) if first else None, int(last) if last else None)
+        except ValueError:
+            raise click.BadParameter(
+                f"{value!r}: expected PARTITION:FIRST-LAST", param_hint="--offsets"
+            ) from None
+    return ranges
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _keys(longs: tuple[int, ...], hexes: tuple[str, ...]) -> tuple[bytes, ...] | None:
+    keys = [n.to_bytes(8, "big", signed=True) for n in longs]
+    try:
+        keys += [bytes.fromhex(h) for h in hexes]
+    except ValueError:
+        raise click.BadParameter("expected hexadecimal bytes", param_hint="--key-hex") from None
+    return tuple(keys) if keys else None
+
+
+class _Bar:
+    """A click progress bar, opened once the run knows how many records it will write."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._pos = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is None:
+            self._bar = click.progressbar(length=max(total, 1), label="restoring", file=sys.stderr)
+            self._bar.__enter__()
+        self._bar.update(done - self._pos)
+        self._pos = done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+
+_DATETIME = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"])
+
+
+@click.command("restore")
+@click.option("--table", type=click.Choice(TABLES), help="Backed-up table to restore.")
+@click.option("--topic", "source_topic", help="Or: the source topic whose backup to restore.")
+@click.option("--version", type=int, default=None, help="Backup version (default: current).")
+@click.option("--target", default=None, help="Target topic (default <topic>.restored-<UTC>).")
+@click.option("--partition", "partitions", type=int, multiple=True, help="Only these.")
+@click.option("--offsets", multiple=True, help="PARTITION:FIRST-LAST, inclusive; repeatable.")
+@click.option("--since", type=_DATETIME, default=None, help="Record timestamp >= (UTC).")
+@click.option("--until", type=_DATETIME, default=None, help="Record timestamp < (UTC).")
+@click.option("--key", "keys", type=int, multiple=True, help="Record key (a long); repeatable.")
+@click.option("--key-hex", "key_hexes", multiple=True, help="Record key bytes in hex.")
+@click.option("--arbeidssoeker-id", "person_ids", type=int, multiple=True, help="Person id.")
+@click.option("--include-quarantined", is_flag=True, help="Also restore quarantined records.")
+@click.option("--no-origin-headers", is_flag=True, help="Do not add backup.source.* headers.")
+@click.option("--force", is_flag=True, help="Allow the source topic or a non-empty target.")
+@click.option("--resume", "resume_run", type=int, default=None, help="Carry on run RUN_ID.")
+@click.option("--max-records", type=int, default=0, help="Stop after this many (resumable).")
+@click.option("--no-migrate", is_flag=True, help="Do not apply pending migrations first.")
+def restore_command(
+    table: str | None,
+    source_topic: str | None,
+    version: int | None,
+    target: str | None,
+    partitions: tuple[int, ...],
+    offsets: tuple[str, ...],
+    since: datetime | None,
+    until: datetime | None,
+    keys: tuple[int, ...],
+    key_hexes: tuple[str, ...],
+    person_ids: tuple[int, ...],
+    include_quarantined: bool,
+    no_origin_headers: bool,
+    force: bool,
+    resume_run: int | None,
+    max_records: int,
+    no_migrate: bool,
+) -> None:
+    """Write backed-up records back to Kafka: same partition, key, value, headers, time."""
+    if resume_run is None and not (table or source_topic):
+        raise click.UsageError("give --table or --topic (or --resume RUN_ID)")
+    bar = _Bar()
+    try:
+        settings = load_settings()
+        _maybe_migrate(settings, no_migrate)
+        report: RestoreReport
+        if resume_run is not None:
+            report = resume(settings, resume_run, progress=bar, max_records=max_records)
+        else:
+            selection = Selection(
+                partitions=partitions or None,
+                offsets=_parse_offsets(offsets),
+                since=_utc(since),
+                until=_utc(until),
+                keys=_keys(keys, key_hexes),
+                arbeidssoeker_ids=person_ids or None,
+                include_quarantined=include_quarantined,
+            )
+            request = RestoreRequest(
+                table=table,
+                source_topic=source_topic,
+                version=version,
+                target_topic=target,
+                selection=selection,
+                origin_headers=not no_origin_headers,
+                force=force,
+            )
+            report = restore(settings, request, progress=bar, max_records=max_records)
+    except BackupError as exc:
+        bar.close()
+        _fail(exc)
+        return
+    bar.close()
+    click.echo(report.summary())
+    if report.status != "completed":
+        click.echo(f"resume with: backup-pipeline restore --resume {report.run_id}")
+
+
+@click.command("verify")
+@click.option("--table", type=click.Choice(TABLES), help="Backed-up table to verify.")
+@click.option("--topic", "source_topic", help="Or: the source topic whose backup to verify.")
+@click.option("--against", "against", default=None, help="Topic to compare (default: source).")
+@click.option("--version", type=int, default=None, help="Backup version (default: current).")
+@click.option("--partition", "partitions", type=int, multiple=True, help="Only these.")
+@click.option("--sample", type=int, default=0, help="Check N random offsets per partition.")
+@click.option("--seed", type=int, default=None, help="Random seed for --sample.")
+def verify_command(
+    table: str | None,
+    source_topic: str | None,
+    against: str | None,
+    version: int | None,
+    partitions: tuple[int, ...],
+    sample: int,
+    seed: int | None,
+) -> None:
+    """Compare the backup with a topic (the live one or a restored one), per offset."""
+    if not (table or source_topic):
+        raise click.UsageError("give --table or --topic")
+    try:
+        report = verify(
+            load_settings(),
+            table,
+            source_topic=source_topic,
+            topic=against,
+            version=version,
+            partitions=partitions or None,
+            sample=sample,
+            seed=seed,
+        )
+    except BackupError as exc:
+        _fail(exc)
+        return
+    click.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)

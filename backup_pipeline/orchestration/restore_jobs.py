@@ -1,0 +1,138 @@
+"""Restore and verify from the Dagster UI: a restore job and a scheduled verify check."""
+
+import os
+from datetime import datetime
+
+import dagster as dg
+
+from backup_pipeline.restore import RestoreReport, RestoreRequest, restore, resume
+from backup_pipeline.restore_source import Selection
+from backup_pipeline.settings import load_settings
+from backup_pipeline.topics import TOPICS, TopicSpec
+from backup_pipeline.verify import verify
+
+
+def verify_sample() -> int:
+    """Offsets compared per partition by the scheduled check (read at run time)."""
+    return int(os.environ.get("BACKUP_VERIFY_SAMPLE", "200"))
+
+
+class RestoreConfig(dg.Config):
+    """The same choices as `backup-pipeline restore`."""
+
+    table: str
+    version: int | None = None  # None: BACKUP_VERSION
+    target_topic: str | None = None  # None: <topic>.restored-<UTC timestamp>
+    partitions: list[int] | None = None
+    # {"0": [first, last]}: inclusive offsets per partition; null for an open end.
+    offsets: dict[str, list[int | None]] | None = None
+    since: str | None = None  # ISO-8601, inclusive
+    until: str | None = None  # ISO-8601, exclusive
+    record_keys: list[int] | None = None  # LongSerializer keys
+    arbeidssoeker_ids: list[int] | None = None
+    include_quarantined: bool = False
+    origin_headers: bool = True
+    force: bool = False
+    resume_run_id: int | None = None  # carry on an interrupted restore run
+
+
+def _selection(config: RestoreConfig) -> Selection:
+    offsets = {int(p): (b[0], b[1]) for p, b in (config.offsets or {}).items()}
+    return Selection(
+        partitions=tuple(config.partitions) if config.partitions else None,
+        offsets=offsets,
+        since=datetime.fromisoformat(config.since) if config.since else None,
+        until=datetime.fromisoformat(config.until) if config.until else None,
+        keys=tuple(k.to_bytes(8, "big", signed=True) for k in config.record_keys)
+        if config.record_keys
+        else None,
+        arbeidssoeker_ids=tuple(config.arbeidssoeker_ids) if config.arbeidssoeker_ids else None,
+        include_quarantined=config.include_quarantined,
+    )
+
+
+def _metadata(report: RestoreReport) -> dict[str, dg.MetadataValue]:
+    return {
+        "restore_run_id": dg.MetadataValue.int(report.run_id),
+        "status": dg.MetadataValue.text(report.status),
+        "target_topic": dg.MetadataValue.text(report.target_topic),
+        "records_restored": dg.MetadataValue.int(report.restored),
+        "not_restored_exactly": dg.MetadataValue.int(report.not_exact),
+        "from_quarantine": dg.MetadataValue.int(report.quarantined),
+        "already_in_target": dg.MetadataValue.int(report.skipped),
+        "duration_seconds": dg.MetadataValue.float(round(report.duration_seconds, 3)),
+        "by_partition": dg.MetadataValue.json({str(p): n for p, n in report.by_partition.items()}),
+    }
+
+
+@dg.op(description="Write backed-up records of one table and version back to Kafka.")
+def restore_topic(context: dg.OpExecutionContext, config: RestoreConfig) -> dg.Output[int]:
+    settings = load_settings()
+    last_logged = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        # A log line per 10%: progress shows in the run's log without flooding it.
+        share = done / total if total else 1.0
+        if share - last_logged[0] >= 0.1 or done == total:
+            last_logged[0] = share
+            context.log.info(f"restored {done:,} of {total:,} records ({share:.0%})")
+
+    if config.resume_run_id is not None:
+        report = resume(settings, config.resume_run_id, progress=progress)
+    else:
+        request = RestoreRequest(
+            table=config.table,
+            version=config.version,
+            target_topic=config.target_topic,
+            selection=_selection(config),
+            origin_headers=config.origin_headers,
+            force=config.force,
+        )
+        report = restore(settings, request, progress=progress)
+    context.log.info(report.summary())
+    return dg.Output(report.restored, metadata=_metadata(report))
+
+
+@dg.job(
+    description="Restore a backed-up topic (or part of it) into Kafka; configure it in the "
+    "launchpad like `backup-pipeline restore`."
+)
+def restore_job() -> None:
+    restore_topic()
+
+
+def verify_check(spec: TopicSpec) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=spec.table,
+        name="matches_topic",
+        description="Compares a random sample of offsets per partition (BACKUP_VERIFY_SAMPLE) "
+        "with the live topic: key, value and headers must be identical.",
+        blocking=False,
+    )
+    def _verify() -> dg.AssetCheckResult:
+        report = verify(load_settings(), spec.table, sample=verify_sample())
+        findings = report.findings()
+        return dg.AssetCheckResult(
+            passed=report.ok,
+            metadata={
+                "compared": report.compared,
+                "missing": len(findings["missing"]),
+                "extra": len(findings["extra"]),
+                "different": len(findings["different"]),
+                "summary": dg.MetadataValue.md(f"```\n{report.summary()}\n```"),
+            },
+        )
+
+    return _verify
+
+
+VERIFY_CHECKS = [verify_check(spec) for spec in TOPICS]
+verify_job = dg.define_asset_job(
+    "verify_backups",
+    selection=dg.AssetSelection.checks(*VERIFY_CHECKS),
+    executor_def=dg.in_process_executor,
+    description="Sample-verify every backup table against its live topic.",
+)
+verify_schedule = dg.ScheduleDefinition(
+    job=verify_job, cron_schedule="40 2 * * *", default_status=dg.DefaultScheduleStatus.RUNNING
+)

@@ -1,0 +1,442 @@
+"""Restore: write backed-up records of one version back to Kafka, exactly, resumably.
+
+Every record goes to its original partition with its key, value, headers (in order) and
+timestamp, produced by an idempotent producer with ``acks=all``. Partitions are restored
+one after the other in source offset order; with idempotence librdkafka keeps a
+partition's order through retries, so the target offsets of a run are contiguous per
+partition and the delivery reports arrive in that order. Each report extends the
+partition's checkpoint; checkpoints and offset map rows are saved together every
+``checkpoint_every`` records.
+
+A crash can still fall between Kafka's acknowledgement and the save. A resumed run
+therefore first reads the target partition from its saved ``next_target_offset`` to its
+end: each record found there is the next source record in order (checked against its
+origin headers when the run writes them), is entered in the map, and is not produced
+again. So no record is ever written twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, closing
+from dataclasses import dataclass, field
+from typing import cast
+
+import psycopg
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka.admin import AdminClient
+
+from backup_pipeline import db, restore_source, restore_store, restore_target, source
+from backup_pipeline.kafka_config import admin_config, consumer_config, producer_config
+from backup_pipeline.restore_source import BackedUpRecord, Headers, Selection, message_headers
+from backup_pipeline.restore_store import Checkpoint, RunRow
+from backup_pipeline.restore_target import RestoreError
+from backup_pipeline.settings import Settings
+from backup_pipeline.topics import TOPICS, TopicSpec, ValueFormat, spec_for_table
+
+log = logging.getLogger(__name__)
+
+ORIGIN_TOPIC = "backup.source.topic"
+ORIGIN_PARTITION = "backup.source.partition"
+ORIGIN_OFFSET = "backup.source.offset"
+ORIGIN_VERSION = "backup.version"
+ORIGIN_HEADERS = (ORIGIN_TOPIC, ORIGIN_PARTITION, ORIGIN_OFFSET, ORIGIN_VERSION)
+
+# (records delivered so far in this call, records this call set out to restore)
+ProgressCallback = Callable[[int, int], None]
+
+__all__ = [
+    "ORIGIN_HEADERS",
+    "RestoreError",
+    "RestoreReport",
+    "RestoreRequest",
+    "Selection",
+    "restore",
+    "resume",
+]
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    table: str | None = None
+    source_topic: str | None = None  # default: the table's topic from settings
+    version: int | None = None  # default: settings.backup_version
+    target_topic: str | None = None  # default: <source topic>.restored-<UTC timestamp>
+    selection: Selection = field(default_factory=Selection)
+    origin_headers: bool = True
+    force: bool = False
+
+
+@dataclass
+class RestoreReport:
+    run_id: int
+    source_table: str
+    source_topic: str
+    target_topic: str
+    version: int
+    created_topic: bool = False
+    by_partition: dict[int, int] = field(default_factory=dict)
+    not_exact: int = 0
+    quarantined: int = 0
+    # Records found already in the target when resuming: entered in the map, not produced.
+    skipped: int = 0
+    status: str = "running"
+    duration_seconds: float = 0.0
+
+    @property
+    def restored(self) -> int:
+        return sum(self.by_partition.values())
+
+    def summary(self) -> str:
+        parts = ", ".join(f"p{p}: {n}" for p, n in sorted(self.by_partition.items()))
+        return (
+            f"restore run {self.run_id} ({self.status}): {self.source_table} v{self.version} "
+            f"({self.source_topic}) -> {self.target_topic}: {self.restored} records restored "
+            f"[{parts or 'none'}], {self.not_exact} not restored exactly (rows older than "
+            f"the headers/timestamp columns), {self.quarantined} from quarantine, "
+            f"{self.skipped} already in the target (resume), {self.duration_seconds:.2f}s"
+        )
+
+
+def resolve_spec(settings: Settings, table: str | None, topic: str | None) -> TopicSpec:
+    if table is not None:
+        return spec_for_table(table)
+    for spec in TOPICS:
+        if settings.topic(spec) == topic:
+            return spec
+    raise RestoreError(f"no backed-up table for topic {topic!r}; give the table instead")
+
+
+def origin_headers(topic: str, record: BackedUpRecord, version: int) -> Headers:
+    return [
+        (ORIGIN_TOPIC, topic.encode()),
+        (ORIGIN_PARTITION, str(record.partition).encode()),
+        (ORIGIN_OFFSET, str(record.offset).encode()),
+        (ORIGIN_VERSION, str(version).encode()),
+    ]
+
+
+def split_origin(headers: Headers) -> tuple[Headers, tuple[int, int] | None]:
+    """The record's own headers, and (source partition, offset) when origin headers end it."""
+    n = len(ORIGIN_HEADERS)
+    tail = headers[-n:]
+    if len(tail) < n or tuple(name for name, _ in tail) != ORIGIN_HEADERS:
+        return headers, None
+    values = dict(tail)
+    try:
+        origin = (int(values[ORIGIN_PARTITION] or b""), int(values[ORIGIN_OFFSET] or b""))
+    except ValueError:
+        return headers, None
+    return headers[:-n], origin
+
+
+def restore(
+    settings: Settings,
+    request: RestoreRequest,
+    *,
+    progress: ProgressCallback | None = None,
+    max_records: int = 0,
+    checkpoint_every: int = 1000,
+) -> RestoreReport:
+    """Start a new restore run; ``max_records`` stops it early (resume it later)."""
+    spec = resolve_spec(settings, request.table, request.source_topic)
+    source_topic = request.source_topic or settings.topic(spec)
+    version = settings.backup_version if request.version is None else request.version
+    target = request.target_topic or restore_target.default_target(source_topic)
+    if spec.value_format is not ValueFormat.JSON_EVENT and request.selection.arbeidssoeker_ids:
+        raise RestoreError(f"{spec.table} has no arbeidssoeker_id; filter by record key instead")
+    # Before anything is created: a deleted source topic must not be re-created by accident.
+    restore_target.refuse_source(source_topic, target, force=request.force)
+    timeout = settings.kafka_timeout_seconds
+    with ExitStack() as stack:
+        conn = stack.enter_context(closing(db.connect(settings, autocommit=True)))
+        consumer = Consumer(consumer_config(settings))
+        stack.callback(consumer.close)
+        admin = AdminClient(admin_config(settings))
+        needed = restore_target.partition_count(admin, source_topic, timeout)
+        if needed is None:
+            needed = restore_source.known_partitions(conn, spec, source_topic, version)
+        if needed == 0:
+            raise RestoreError(f"nothing of {source_topic} version {version} is backed up")
+        created = restore_target.ensure_topic(admin, target, needed, timeout)
+        marks = restore_target.end_offsets(consumer, target, timeout)
+        restore_target.check_writable(source_topic, target, marks, needed, force=request.force)
+        run_id = restore_store.create_run(
+            conn,
+            version=version,
+            source_table=spec.table,
+            source_topic=source_topic,
+            target_topic=target,
+            selection=request.selection,
+            origin_headers=request.origin_headers,
+            target_ends={p: m.end for p, m in marks.items()},
+        )
+        run = restore_store.load_run(conn, run_id)
+        assert run is not None
+        log.info("restore run %d: %s v%d -> %s", run_id, source_topic, version, target)
+        report = _run(settings, conn, consumer, run, progress, max_records, checkpoint_every)
+        report.created_topic = created
+        return report
+
+
+def resume(
+    settings: Settings,
+    run_id: int,
+    *,
+    progress: ProgressCallback | None = None,
+    max_records: int = 0,
+    checkpoint_every: int = 1000,
+) -> RestoreReport:
+    """Carry on an interrupted run with its own selection, without writing anything twice."""
+    with ExitStack() as stack:
+        conn = stack.enter_context(closing(db.connect(settings, autocommit=True)))
+        run = restore_store.load_run(conn, run_id)
+        if run is None:
+            raise RestoreError(f"there is no restore run {run_id}")
+        consumer = Consumer(consumer_config(settings))
+        stack.callback(consumer.close)
+        return _run(settings, conn, consumer, run, progress, max_records, checkpoint_every)
+
+
+def _run(
+    settings: Settings,
+    conn: psycopg.Connection,
+    consumer: Consumer,
+    run: RunRow,
+    progress: ProgressCallback | None,
+    max_records: int,
+    checkpoint_every: int,
+) -> RestoreReport:
+    started = time.monotonic()
+    report = RestoreReport(
+        run_id=run.run_id,
+        source_table=run.source_table,
+        source_topic=run.source_topic,
+        target_topic=run.target_topic,
+        version=run.version,
+        status=run.status,
+    )
+    if run.status == "completed":
+        return report
+    if not restore_store.try_lock(conn, run.run_id):
+        raise RestoreError(f"restore run {run.run_id} is running in another process")
+    producer = Producer(producer_config(settings))
+    try:
+        _restore_partitions(
+            settings, conn, consumer, producer, run, report, progress, max_records, checkpoint_every
+        )
+        restore_store.finish(conn, run.run_id, report.status)
+    except RestoreError as exc:
+        restore_store.finish(conn, run.run_id, "failed", str(exc))
+        raise
+    finally:
+        producer.flush(settings.kafka_timeout_seconds)
+        restore_store.unlock(conn, run.run_id)
+        report.duration_seconds = time.monotonic() - started
+    log.info(report.summary())
+    return report
+
+
+@dataclass
+class _Budget:
+    total: int
+    max_records: int
+    checkpoint_every: int = 1000
+    produced: int = 0
+    delivered: int = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return bool(self.max_records) and self.produced >= self.max_records
+
+
+def _restore_partitions(
+    settings: Settings,
+    conn: psycopg.Connection,
+    consumer: Consumer,
+    producer: Producer,
+    run: RunRow,
+    report: RestoreReport,
+    progress: ProgressCallback | None,
+    max_records: int,
+    checkpoint_every: int,
+) -> None:
+    spec = spec_for_table(run.source_table)
+    marks = restore_target.end_offsets(consumer, run.target_topic, settings.kafka_timeout_seconds)
+    saved = restore_store.checkpoints(conn, run.run_id)
+    plan: dict[int, Checkpoint] = {}
+    for partition in sorted(marks):
+        if not run.selection.wants(partition):
+            continue
+        # A partition added to the target after the run began starts where it ends now.
+        plan[partition] = saved.get(partition) or restore_store.add_partition(
+            conn, run.run_id, partition, marks[partition].end
+        )
+    total = sum(
+        restore_source.count(
+            conn,
+            spec,
+            run.source_topic,
+            run.version,
+            p,
+            run.selection,
+            after=cp.last_source_offset,
+        )
+        for p, cp in plan.items()
+    )
+    budget = _Budget(total=total, max_records=max_records, checkpoint_every=checkpoint_every)
+    for partition, checkpoint in plan.items():
+        records = restore_source.read_partition(
+            conn,
+            spec,
+            run.source_topic,
+            run.version,
+            partition,
+            run.selection,
+            after=checkpoint.last_source_offset,
+        )
+        before = checkpoint.restored
+        skipped = _reconcile(settings, consumer, run, checkpoint, records, marks[partition])
+        restore_store.save(conn, run.run_id, checkpoint)
+        report.skipped += skipped
+        budget.delivered += skipped
+        _produce_partition(conn, producer, run, checkpoint, records, budget, progress, report)
+        report.by_partition[partition] = checkpoint.restored - before - skipped
+        if budget.exhausted:
+            report.status = "stopped"
+            return
+    report.status = "completed"
+
+
+def _reconcile(
+    settings: Settings,
+    consumer: Consumer,
+    run: RunRow,
+    checkpoint: Checkpoint,
+    records: Iterator[BackedUpRecord],
+    marks: source.Watermarks,
+) -> int:
+    """Enter records delivered after the last checkpoint in the map; return how many."""
+    start = checkpoint.next_target_offset
+    if marks.end <= start:
+        return 0
+    plan = source.ReadPlan(
+        start={checkpoint.partition: start}, end={checkpoint.partition: marks.end}
+    )
+    found = 0
+    for batch in source.read(
+        consumer,
+        run.target_topic,
+        plan,
+        batch_size=500,
+        batch_bytes=settings.backup_batch_bytes,
+    ):
+        for message in batch.messages:
+            record = next(records, None)
+            _check_tail(run, checkpoint, message, record)
+            assert record is not None
+            checkpoint.pending.append((record.offset, cast(int, message.offset())))
+            checkpoint.pending_not_exact += not record.exact
+            checkpoint.pending_quarantined += record.quarantined
+            found += 1
+    return found
+
+
+def _check_tail(
+    run: RunRow, checkpoint: Checkpoint, message: Message, record: BackedUpRecord | None
+) -> None:
+    expected = checkpoint.next_target_offset + len(checkpoint.pending)
+    where = f"{run.target_topic}[{checkpoint.partition}] offset {message.offset()}"
+    if record is None or message.offset() != expected:
+        raise RestoreError(
+            f"{where} holds a record this run did not write; the target was written by "
+            "someone else since the run began, so it cannot be resumed safely"
+        )
+    _, origin = split_origin(message_headers(message))
+    if run.origin_headers and origin != (record.partition, record.offset):
+        raise RestoreError(
+            f"{where} has origin {origin}, expected ({record.partition}, {record.offset}): "
+            "the target was written by someone else, so the run cannot be resumed safely"
+        )
+
+
+def _produce_partition(
+    conn: psycopg.Connection,
+    producer: Producer,
+    run: RunRow,
+    checkpoint: Checkpoint,
+    records: Iterator[BackedUpRecord],
+    budget: _Budget,
+    progress: ProgressCallback | None,
+    report: RestoreReport,
+) -> None:
+    errors: list[str] = []
+
+    def delivery(record: BackedUpRecord) -> Callable[[KafkaError | None, Message], None]:
+        def on_delivery(error: KafkaError | None, message: Message) -> None:
+            if errors:
+                return  # nothing after a failure counts as delivered in order
+            expected = checkpoint.next_target_offset + len(checkpoint.pending)
+            if error is not None:
+                errors.append(f"offset {record.offset}: {error.str()}")
+            elif message.offset() != expected:
+                errors.append(
+                    f"offset {record.offset} landed at {message.offset()}, not {expected}: "
+                    "someone else is writing into the target"
+                )
+            else:
+                checkpoint.pending.append((record.offset, expected))
+                checkpoint.pending_not_exact += not record.exact
+                checkpoint.pending_quarantined += record.quarantined
+                report.not_exact += not record.exact
+                report.quarantined += record.quarantined
+                budget.delivered += 1
+                if progress is not None:
+                    progress(budget.delivered, budget.total)
+
+        return on_delivery
+
+    for record in records:
+        if budget.exhausted or errors:
+            break
+        headers = list(record.headers)
+        if run.origin_headers:
+            headers += origin_headers(run.source_topic, record, run.version)
+        _produce(producer, run.target_topic, record, headers, delivery(record))
+        budget.produced += 1
+        producer.poll(0)
+        if len(checkpoint.pending) >= budget.checkpoint_every:
+            restore_store.save(conn, run.run_id, checkpoint)
+    remaining = producer.flush(60)
+    restore_store.save(conn, run.run_id, checkpoint)
+    if errors or remaining:
+        problem = errors[0] if errors else f"{remaining} records still undelivered after 60s"
+        raise RestoreError(
+            f"restoring {run.source_topic}[{checkpoint.partition}] into {run.target_topic} "
+            f"failed at {problem}; what was delivered is recorded, resume run {run.run_id}"
+        )
+
+
+def _produce(
+    producer: Producer,
+    topic: str,
+    record: BackedUpRecord,
+    headers: Headers,
+    on_delivery: Callable[[KafkaError | None, Message], None],
+) -> None:
+    while True:
+        try:
+            producer.produce(
+                topic,
+                value=record.value,
+                key=record.key,
+                partition=record.partition,
+                headers=cast(list[tuple[str, str | bytes | None]], headers),
+                timestamp=record.timestamp_ms or 0,  # 0: let the producer stamp it
+                on_delivery=on_delivery,
+            )
+            return
+        except BufferError:
+            producer.poll(0.5)  # the local queue is full: let deliveries drain it

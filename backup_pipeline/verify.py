@@ -1,0 +1,404 @@
+"""Verify: compare the backup with a topic, per partition, record by record.
+
+Both sides are streamed in offset order and merge-joined, comparing a digest of key,
+value and headers, so a partition of any size is checked in constant memory. The topic is
+either the live source topic (offsets compare directly) or a restored topic (its records
+are mapped back to backup offsets through their origin headers or the offset map).
+
+Findings, by backup offset:
+- missing: the topic holds the record, the backup does not;
+- extra: the backup holds it, the topic does not, inside the range the topic holds;
+- different: both hold it, the digests differ.
+Offsets below the topic's log start are only in the backup now (the point of a backup);
+offsets above the backup's HWM are not backed up yet. Both are reported as ranges.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import ExitStack, closing
+from dataclasses import dataclass, field
+
+import psycopg
+from confluent_kafka import Consumer
+
+from backup_pipeline import db, hwm, restore_source, restore_store, source, verify_topic
+from backup_pipeline.errors import BackupError
+from backup_pipeline.kafka_config import consumer_config
+from backup_pipeline.restore import resolve_spec
+from backup_pipeline.restore_source import BackedUpRecord, Selection
+from backup_pipeline.settings import Settings
+from backup_pipeline.topics import TopicSpec, ValueFormat
+from backup_pipeline.verify_digest import digest, legacy_digest
+from backup_pipeline.verify_topic import OffsetMapLookup, TopicRecord
+
+
+class VerifyError(BackupError):
+    """The comparison itself could not be made."""
+
+
+@dataclass
+class PartitionVerify:
+    partition: int
+    log_start: int
+    end_offset: int
+    compared: int = 0
+    missing: list[int] = field(default_factory=list)
+    extra: list[int] = field(default_factory=list)
+    different: list[int] = field(default_factory=list)
+    # Topic records that carry no origin and are not in the offset map (restored topics).
+    unmapped: list[int] = field(default_factory=list)
+    # Backup offsets below the topic's log start: (first, last, records).
+    only_in_backup: tuple[int, int, int] | None = None
+    # Topic offsets above the backup's HWM: (first, last).
+    not_backed_up: tuple[int, int] | None = None
+    # The backup offsets that were compared: (first, last).
+    compared_range: tuple[int, int] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.extra or self.different or self.unmapped)
+
+
+@dataclass
+class VerifyReport:
+    table: str
+    source_topic: str
+    topic: str
+    version: int
+    restored: bool
+    sample: int = 0
+    partitions: list[PartitionVerify] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(p.ok for p in self.partitions)
+
+    @property
+    def compared(self) -> int:
+        return sum(p.compared for p in self.partitions)
+
+    def findings(self) -> dict[str, list[tuple[int, int]]]:
+        """kind -> [(partition, offset)] for every finding listed."""
+        kinds = ("missing", "extra", "different", "unmapped")
+        return {
+            kind: [(p.partition, o) for p in self.partitions for o in getattr(p, kind)]
+            for kind in kinds
+        }
+
+    def summary(self) -> str:
+        mode = f"sample of {self.sample}/partition" if self.sample else "full"
+        lines = [
+            f"verify {self.table} v{self.version} against {self.topic} ({mode}): "
+            f"{self.compared} records compared, "
+            + ("no differences" if self.ok else "DIFFERENCES FOUND")
+        ]
+        for p in self.partitions:
+            lines.append(f"  partition {p.partition}: compared {p.compared}" + _ranges(p))
+            for kind in ("missing", "extra", "different", "unmapped"):
+                offsets = getattr(p, kind)
+                if offsets:
+                    shown = ", ".join(map(str, offsets[:20]))
+                    more = f" (+{len(offsets) - 20} more)" if len(offsets) > 20 else ""
+                    lines.append(f"    {kind} ({len(offsets)}): {shown}{more}")
+        return "\n".join(lines)
+
+
+def _ranges(p: PartitionVerify) -> str:
+    text = ""
+    if p.compared_range:
+        text += f" over offsets {p.compared_range[0]}..{p.compared_range[1]}"
+    if p.only_in_backup:
+        first, last, n = p.only_in_backup
+        text += f"; {n} records at {first}..{last} live only in the backup"
+    if p.not_backed_up:
+        text += f"; offsets {p.not_backed_up[0]}..{p.not_backed_up[1]} not backed up yet"
+    return text
+
+
+@dataclass
+class _Context:
+    conn: psycopg.Connection
+    consumer: Consumer
+    spec: TopicSpec
+    source_topic: str
+    topic: str
+    version: int
+    batch_bytes: int
+    timeout: float
+    run_ids: list[int]
+    max_listed: int
+
+    @property
+    def restored(self) -> bool:
+        return self.topic != self.source_topic
+
+    def backup(self, partition: int, after: int, last: int | None) -> Iterator[BackedUpRecord]:
+        selection = Selection(offsets={partition: (None, last)}, include_quarantined=True)
+        return restore_source.read_partition(
+            self.conn,
+            self.spec,
+            self.source_topic,
+            self.version,
+            partition,
+            selection,
+            after=after,
+        )
+
+    def same(self, stored: BackedUpRecord, found: TopicRecord) -> bool:
+        if stored.exact or self.restored:
+            # A restore writes what the backup renders, so even old rows compare exactly.
+            return digest(stored.key, stored.value, stored.headers) == digest(
+                found.key, found.value, found.headers
+            )
+        is_json = self.spec.value_format is ValueFormat.JSON_EVENT
+        return legacy_digest(
+            stored.key, stored.value, stored.headers, json_value=is_json
+        ) == legacy_digest(found.key, found.value, found.headers, json_value=is_json)
+
+    def note(self, offsets: list[int], offset: int) -> None:
+        if len(offsets) < self.max_listed:
+            offsets.append(offset)
+
+
+def verify(
+    settings: Settings,
+    table: str | None = None,
+    *,
+    source_topic: str | None = None,
+    topic: str | None = None,
+    version: int | None = None,
+    partitions: tuple[int, ...] | None = None,
+    sample: int = 0,
+    seed: int | None = None,
+    max_listed: int = 1000,
+) -> VerifyReport:
+    """Compare the backup of ``table`` with ``topic`` (default: the live source topic).
+
+    ``sample`` > 0 checks that many random offsets per partition instead of all of them.
+    """
+    spec = resolve_spec(settings, table, source_topic)
+    source_name = source_topic or settings.topic(spec)
+    target = topic or source_name
+    with ExitStack() as stack:
+        conn = stack.enter_context(closing(db.connect(settings, autocommit=True)))
+        # Sample mode seeks to many single offsets: without a short fetch wait each read
+        # waits out librdkafka's 500 ms long poll (measured: 0.4 s vs 8 ms per offset).
+        consumer = Consumer(consumer_config(settings, **{"fetch.wait.max.ms": 10}))
+        stack.callback(consumer.close)
+        ctx = _Context(
+            conn=conn,
+            consumer=consumer,
+            spec=spec,
+            source_topic=source_name,
+            topic=target,
+            version=settings.backup_version if version is None else version,
+            batch_bytes=settings.backup_batch_bytes,
+            timeout=settings.kafka_timeout_seconds,
+            run_ids=[],
+            max_listed=max_listed,
+        )
+        if ctx.restored:
+            ctx.run_ids = [
+                r.run_id
+                for r in restore_store.runs_into(conn, target)
+                if r.source_topic == source_name and r.version == ctx.version
+            ]
+        report = VerifyReport(spec.table, source_name, target, ctx.version, ctx.restored, sample)
+        rng = random.Random(seed)
+        hwms = hwm.read(conn, ctx.version, source_name)
+        for partition in source.partitions(consumer, target, ctx.timeout):
+            if partitions is not None and partition not in partitions:
+                continue
+            marks = source.watermarks(consumer, target, partition, ctx.timeout)
+            part = PartitionVerify(partition, marks.log_start, marks.end)
+            if ctx.restored:
+                _verify_restored(ctx, part, sample, rng)
+            else:
+                _verify_live(ctx, part, hwms.get(partition, hwm.NOTHING_YET), sample, rng)
+            report.partitions.append(part)
+        return report
+
+
+def _verify_live(
+    ctx: _Context, part: PartitionVerify, hwm_offset: int, sample: int, rng: random.Random
+) -> None:
+    p = part.partition
+    low, high = part.log_start, min(part.end_offset, hwm_offset + 1)
+    if part.end_offset > hwm_offset + 1:
+        part.not_backed_up = (hwm_offset + 1, part.end_offset - 1)
+    _only_in_backup(ctx, part)
+    if low >= high:
+        return
+    part.compared_range = (low, high - 1)
+    # A sample as large as the range costs more than reading the range: compare it all.
+    if sample and sample < high - low:
+        seen: set[int] = set()
+        for offset in sorted(rng.sample(range(low, high), sample)):
+            message = verify_topic.read_at(ctx.consumer, ctx.topic, p, offset, high)
+            stored = next(ctx.backup(p, offset - 1, high - 1), None)
+            found = None if message is None else next(verify_topic.mapped(iter([message]), p, None))
+            candidates = [r.offset for r in (stored, found) if r is not None]
+            if candidates and min(candidates) not in seen:
+                seen.add(min(candidates))
+                _compare_one(ctx, part, stored, found)
+        return
+    messages = verify_topic.stream(ctx.consumer, ctx.topic, p, low, high, ctx.batch_bytes)
+    _merge(ctx, part, verify_topic.mapped(messages, p, None), ctx.backup(p, low - 1, high - 1))
+
+
+def _only_in_backup(ctx: _Context, part: PartitionVerify) -> None:
+    if part.log_start == 0:
+        return
+    below = Selection(
+        offsets={part.partition: (None, part.log_start - 1)}, include_quarantined=True
+    )
+    records = restore_source.count(
+        ctx.conn, ctx.spec, ctx.source_topic, ctx.version, part.partition, below
+    )
+    if records:
+        first = restore_source.first_at_or_after(
+            ctx.conn, ctx.spec, ctx.source_topic, ctx.version, part.partition, 0
+        )
+        assert first is not None
+        part.only_in_backup = (first.offset, part.log_start - 1, records)
+
+
+def _verify_restored(ctx: _Context, part: PartitionVerify, sample: int, rng: random.Random) -> None:
+    p = part.partition
+    if part.log_start >= part.end_offset:
+        return
+    if sample:
+        _sample_restored(ctx, part, sample, rng)
+        return
+    lookup = OffsetMapLookup(ctx.conn, ctx.run_ids, p)
+    messages = verify_topic.stream(
+        ctx.consumer, ctx.topic, p, part.log_start, part.end_offset, ctx.batch_bytes
+    )
+    records = _in_source_order(part, verify_topic.mapped(messages, p, lookup))
+    first = next(records, None)
+    if first is None:
+        return
+    assert first.source_offset is not None
+    # The restored topic holds the backup's offsets between its first and last record;
+    # the backup stream starts at the first and the merge stops with the topic's last.
+    stored = ctx.backup(p, first.source_offset - 1, None)
+    _merge(ctx, part, _chain(first, records), stored, bounded=False)
+
+
+def _in_source_order(
+    part: PartitionVerify, records: Iterator[TopicRecord]
+) -> Iterator[TopicRecord]:
+    last = -1
+    for record in records:
+        if record.source_offset is None:
+            part.unmapped.append(record.offset)
+            continue
+        if record.source_offset <= last:
+            raise VerifyError(
+                f"partition {part.partition}: target offset {record.offset} maps to backup "
+                f"offset {record.source_offset}, not after {last}; the topic is not in backup "
+                "order (several restores into it?), so it cannot be merged with the backup"
+            )
+        last = record.source_offset
+        yield record
+
+
+def _chain(first: TopicRecord, rest: Iterator[TopicRecord]) -> Iterator[TopicRecord]:
+    yield first
+    yield from rest
+
+
+def _merge(
+    ctx: _Context,
+    part: PartitionVerify,
+    found: Iterator[TopicRecord],
+    stored: Iterator[BackedUpRecord],
+    *,
+    bounded: bool = True,
+) -> None:
+    """Merge join on backup offset. ``bounded``: backup records after the topic's last one
+    are extras (live topic, the backup stream is cut at the compared range); otherwise they
+    lie outside what the topic holds (a restored topic) and are not compared."""
+    record = next(found, None)
+    row = next(stored, None)
+    first: int | None = None
+    last: int | None = None
+    while record is not None or row is not None:
+        if record is None and not bounded:
+            break
+        assert record is None or record.source_offset is not None
+        here = min(
+            x
+            for x in (
+                None if record is None else record.source_offset,
+                None if row is None else row.offset,
+            )
+            if x is not None
+        )
+        first = here if first is None else first
+        last = here
+        _compare_one(
+            ctx,
+            part,
+            row if row is not None and row.offset == here else None,
+            record if record is not None and record.source_offset == here else None,
+        )
+        if record is not None and record.source_offset == here:
+            record = next(found, None)
+        if row is not None and row.offset == here:
+            row = next(stored, None)
+    if first is not None and last is not None and part.compared_range is None:
+        part.compared_range = (first, last)
+
+
+def _compare_one(
+    ctx: _Context, part: PartitionVerify, stored: BackedUpRecord | None, found: TopicRecord | None
+) -> None:
+    """Compare the backup's and the topic's first record at or after the same offset."""
+    if stored is None and found is None:
+        return
+    found_at = None if found is None else found.source_offset
+    if stored is not None and (found_at is None or stored.offset < found_at):
+        ctx.note(part.extra, stored.offset)
+    elif found_at is not None and (stored is None or found_at < stored.offset):
+        ctx.note(part.missing, found_at)
+    else:
+        assert stored is not None and found is not None
+        part.compared += 1
+        if not ctx.same(stored, found):
+            ctx.note(part.different, stored.offset)
+
+
+def _sample_restored(ctx: _Context, part: PartitionVerify, sample: int, rng: random.Random) -> None:
+    p = part.partition
+    bounds = ctx.conn.execute(
+        "SELECT min(source_offset), max(source_offset) FROM restore_offset_map "
+        "WHERE run_id = ANY(%s) AND target_partition = %s AND source_partition = %s",
+        (ctx.run_ids, p, p),
+    ).fetchone()
+    if bounds is None or bounds[0] is None:
+        raise VerifyError(
+            f"sample mode needs the offset map of a restore into {ctx.topic}; there is none "
+            f"for partition {p}"
+        )
+    low, high = int(bounds[0]), int(bounds[1])
+    part.compared_range = (low, high)
+    for offset in sorted(rng.randint(low, high) for _ in range(sample)):
+        stored = next(ctx.backup(p, offset - 1, high), None)
+        target = ctx.conn.execute(
+            "SELECT target_offset FROM restore_offset_map WHERE run_id = ANY(%s) "
+            "AND source_partition = %s AND source_offset >= %s "
+            "ORDER BY source_offset LIMIT 1",
+            (ctx.run_ids, p, offset),
+        ).fetchone()
+        found = None
+        if target is not None:
+            message = verify_topic.read_at(
+                ctx.consumer, ctx.topic, p, int(target[0]), part.end_offset
+            )
+            if message is not None:
+                lookup = OffsetMapLookup(ctx.conn, ctx.run_ids, p)
+                found = next(verify_topic.mapped(iter([message]), p, lookup))
+        _compare_one(ctx, part, stored, found)

@@ -1,0 +1,405 @@
+"""Restore against real Kafka and PostgreSQL: records come back byte for byte, once."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from backup_pipeline.backup import backup_topic
+from backup_pipeline.cli_restore import restore_command, verify_command
+from backup_pipeline.demo_data import event_value
+from backup_pipeline.restore import (
+    ORIGIN_HEADERS,
+    RestoreError,
+    RestoreRequest,
+    restore,
+    resume,
+    split_origin,
+)
+from backup_pipeline.restore_source import Selection
+from backup_pipeline.restore_store import offset_map
+from backup_pipeline.topics import spec_for_table
+from backup_pipeline.topics_admin import create_topics
+from backup_pipeline.verify import verify
+from backup_pipeline_tests.helpers import good_records, key
+
+BEKREFTELSER = spec_for_table("bekreftelser")
+HENDELSER = spec_for_table("bekreftelse_hendelser")
+BASE_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
+
+Record = tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]], int]
+
+
+def read_topic(brokers: str, topic: str) -> dict[int, list[Record]]:
+    """Every readable record per partition: (offset, key, value, headers, timestamp ms)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": brokers,
+            "group.id": f"test-read-{uuid.uuid4().hex}",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+            for p in meta.partitions
+        }
+        result: dict[int, list[Record]] = {p: [] for p in meta.partitions}
+        todo = {p for p, (low, high) in ends.items() if high > low}
+        consumer.assign([TopicPartition(topic, p, ends[p][0]) for p in todo])
+        while todo:
+            for m in consumer.consume(500, timeout=5):
+                if m.error():
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        todo.discard(m.partition())
+                    continue
+                result[m.partition()].append(
+                    (m.offset(), m.key(), m.value(), list(m.headers() or []), m.timestamp()[1])
+                )
+                if m.offset() >= ends[m.partition()][1] - 1:
+                    todo.discard(m.partition())
+        return result
+    finally:
+        consumer.close()
+
+
+def without_offsets(records: dict[int, list[Record]]) -> dict[int, list[tuple[Any, ...]]]:
+    """What a restore must reproduce: per partition, in order, everything but the offset."""
+    out = {}
+    for p, recs in records.items():
+        out[p] = [(k, v, split_origin(h)[0], ts) for _, k, v, h, ts in recs]
+    return out
+
+
+def delete_all(admin: Any, brokers: str, topic: str) -> None:
+    held = read_topic(brokers, topic)
+    ends = [TopicPartition(topic, p, recs[-1][0] + 1) for p, recs in held.items() if recs]
+    for future in admin.delete_records(ends).values():
+        future.result()
+
+
+def produce_all_kinds(brokers: str, topic: str) -> int:
+    """Awkward records of every kind, with explicit CreateTime timestamps; returns count."""
+    producer = Producer({"bootstrap.servers": brokers, "enable.idempotence": True})
+    good = good_records(BEKREFTELSER, 12, seed=11)
+    big = bytes(range(256)) * 2000  # 512 000 bytes, incompressible enough
+    kinds: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = [
+        (0, key(-1), good[0].value, [("traceparent", b"00-aa-bb-01")]),
+        (0, key(-(2**63)), good[1].value, [("h", b"1"), ("h", b"2"), ("h", b"1")]),
+        (0, key(2**63 - 1), good[2].value, [("bin", b"\x00\xff\x80"), ("nul", None)]),
+        (0, key(7), big, [("size", b"big")]),
+        (1, key(8), None, [("why", b"tombstone")]),  # quarantined: null value
+        (1, b"\x01\x02", good[3].value, []),  # quarantined: 2-byte key
+        (1, None, good[4].value, [("traceparent", b"x")]),  # quarantined: null key
+        (1, key(9), good[5].value, []),
+        (2, key(-12345), good[6].value, [("", b""), ("empty", b"")]),
+    ]
+    for i, (partition, k, v, headers) in enumerate(kinds):
+        producer.produce(
+            topic, key=k, value=v, headers=headers, partition=partition, timestamp=BASE_MS + i
+        )
+    assert producer.flush(30) == 0
+    txn = Producer({"bootstrap.servers": brokers, "transactional.id": f"restore-{topic}"})
+    txn.init_transactions(30)
+    for commit, records in ((True, good[7:10]), (False, good[10:12])):
+        txn.begin_transaction()
+        for j, r in enumerate(records):
+            txn.produce(
+                topic,
+                key=r.key,
+                value=r.value,
+                headers=r.headers,
+                partition=2,
+                timestamp=BASE_MS + 100 + j,
+            )
+        if commit:
+            txn.commit_transaction(30)
+        else:
+            txn.flush(30)
+            txn.abort_transaction(30)
+    return len(kinds) + 3
+
+
+def test_round_trip_after_deleting_the_records_restores_every_byte(settings, db, admin, services):
+    brokers = services["KAFKA_BROKERS"]
+    topic = settings.topic(BEKREFTELSER)
+    produced = produce_all_kinds(brokers, topic)
+    original = read_topic(brokers, topic)
+    assert sum(len(r) for r in original.values()) == produced
+    backup = backup_topic(settings, BEKREFTELSER)
+    assert (backup.rows, backup.quarantined) == (produced - 3, 3)
+
+    delete_all(admin, brokers, topic)
+    assert all(not r for r in read_topic(brokers, topic).values())
+    seen: list[tuple[int, int]] = []
+    report = restore(
+        settings,
+        RestoreRequest(table="bekreftelser", selection=Selection(include_quarantined=True)),
+        progress=lambda done, total: seen.append((done, total)),
+    )
+
+    assert report.status == "completed" and report.created_topic
+    assert report.target_topic.startswith(f"{topic}.restored-")
+    assert report.restored == produced and report.quarantined == 3 and report.not_exact == 0
+    assert report.by_partition == {p: len(r) for p, r in original.items()}
+    assert seen[-1] == (produced, produced)
+    restored = read_topic(brokers, report.target_topic)
+    assert without_offsets(restored) == without_offsets(original)
+    for p, records in restored.items():
+        for (target_offset, *_, headers, _), source in zip(records, original[p], strict=True):
+            origin = dict(headers[-len(ORIGIN_HEADERS) :])
+            assert origin["backup.source.topic"] == topic.encode()
+            assert origin["backup.source.partition"] == str(p).encode()
+            assert origin["backup.source.offset"] == str(source[0]).encode()
+            assert origin["backup.version"] == b"1"
+            assert (p, source[0], p, target_offset) in offset_map(db, report.run_id)
+    assert len(offset_map(db, report.run_id)) == produced
+
+    check = verify(settings, "bekreftelser", topic=report.target_topic)
+    assert check.ok and check.compared == produced, check.summary()
+
+
+def test_without_quarantine_and_origin_headers_only_seed_rows_come_back(settings, services):
+    brokers = services["KAFKA_BROKERS"]
+    topic = settings.topic(BEKREFTELSER)
+    produce_all_kinds(brokers, topic)
+    original = read_topic(brokers, topic)
+    backup_topic(settings, BEKREFTELSER)
+    target = f"{topic}.plain"
+    report = restore(
+        settings,
+        RestoreRequest(table="bekreftelser", target_topic=target, origin_headers=False),
+    )
+    assert report.quarantined == 0 and report.by_partition[1] == 1
+    restored = read_topic(brokers, target)
+    assert restored[1][0][1:] == original[1][3][1:]  # the one good record, no extra headers
+    assert verify(settings, "bekreftelser", topic=target).ok  # mapped by the offset map
+
+
+def test_rows_from_before_the_restore_columns_come_back_as_far_as_they_can(
+    settings, db, producer, services
+):
+    brokers = services["KAFKA_BROKERS"]
+    topic = settings.topic(HENDELSER)
+    records = good_records(HENDELSER, 4, seed=3)
+    for r in records:
+        producer.produce(topic, key=r.key, value=r.value, headers=r.headers, partition=0)
+    producer.flush(30)
+    backup_topic(settings, HENDELSER)
+    db.execute(
+        "UPDATE bekreftelse_hendelser SET headers = NULL, kafka_timestamp = NULL, "
+        "kafka_timestamp_type = NULL, kafka_value = NULL WHERE kafka_offset IN (1, 2)"
+    )
+    report = restore(settings, RestoreRequest(table="bekreftelse_hendelser"))
+    assert report.restored == 4 and report.not_exact == 2
+    restored = read_topic(brokers, report.target_topic)[0]
+    data = db.execute(
+        "SELECT data::text FROM bekreftelse_hendelser WHERE kafka_offset = 1"
+    ).fetchone()[0]
+    _, k, v, headers, _ = restored[1]
+    own, _ = split_origin(headers)
+    assert k == records[1].key and v == data.encode()
+    assert own == [("traceparent", dict(records[1].headers)["traceparent"])]
+    assert restored[0][2] == records[0].value and split_origin(restored[0][3])[0] == list(
+        records[0].headers
+    )
+    assert verify(settings, "bekreftelse_hendelser").ok  # legacy rows compare by meaning
+    assert verify(settings, "bekreftelse_hendelser", topic=report.target_topic).ok
+
+
+def _backed_up_sequence(settings, producer, n: int = 10) -> list[Any]:
+    topic = settings.topic(BEKREFTELSER)
+    records = good_records(BEKREFTELSER, n, seed=4)
+    for i, r in enumerate(records):
+        producer.produce(
+            topic, key=key(i - 3), value=r.value, partition=0, timestamp=BASE_MS + 1000 * i
+        )
+    producer.flush(30)
+    backup_topic(settings, BEKREFTELSER)
+    return records
+
+
+def _source_offsets(brokers: str, topic: str) -> list[int]:
+    return [
+        int(dict(split_origin_pairs(h))["backup.source.offset"])
+        for _, _, _, h, _ in read_topic(brokers, topic)[0]
+    ]
+
+
+def split_origin_pairs(headers: list[tuple[str, bytes | None]]) -> list[tuple[str, bytes]]:
+    return [(n, v or b"") for n, v in headers[-len(ORIGIN_HEADERS) :]]
+
+
+def test_partial_restores_by_offset_range_time_range_and_key(settings, producer, services):
+    brokers = services["KAFKA_BROKERS"]
+    _backed_up_sequence(settings, producer)
+    topic = settings.topic(BEKREFTELSER)
+
+    def run(name: str, selection: Selection) -> list[int]:
+        target = f"{topic}.{name}"
+        restore(settings, RestoreRequest("bekreftelser", target_topic=target, selection=selection))
+        return _source_offsets(brokers, target)
+
+    assert run("offsets", Selection(offsets={0: (2, 5)})) == [2, 3, 4, 5]
+    since = datetime.fromtimestamp((BASE_MS + 3000) / 1000, UTC)
+    until = datetime.fromtimestamp((BASE_MS + 6000) / 1000, UTC)
+    assert run("time", Selection(since=since, until=until)) == [3, 4, 5]
+    assert run("keys", Selection(keys=(key(-3), key(4)))) == [0, 7]
+    assert run("parts", Selection(partitions=(1, 2))) == []
+
+
+def test_a_person_filter_restores_only_their_events(settings, producer, services):
+    topic = settings.topic(HENDELSER)
+    rng = random.Random(5)
+    for i in range(6):
+        producer.produce(topic, key=key(i), value=event_value(rng, person=100 + i % 2), partition=1)
+    producer.flush(30)
+    backup_topic(settings, HENDELSER)
+    report = restore(
+        settings,
+        RestoreRequest("bekreftelse_hendelser", selection=Selection(arbeidssoeker_ids=(101,))),
+    )
+    restored = read_topic(services["KAFKA_BROKERS"], report.target_topic)[1]
+    assert [k for _, k, *_ in restored] == [key(1), key(3), key(5)]
+    with pytest.raises(RestoreError, match="no arbeidssoeker_id"):
+        restore(
+            settings, RestoreRequest("bekreftelser", selection=Selection(arbeidssoeker_ids=(1,)))
+        )
+
+
+def test_a_stopped_restore_resumes_where_it_stopped_without_duplicates(
+    settings, db, producer, services
+):
+    brokers = services["KAFKA_BROKERS"]
+    _backed_up_sequence(settings, producer, n=25)
+    target = f"{settings.topic(BEKREFTELSER)}.resumed"
+    first = restore(
+        settings,
+        RestoreRequest("bekreftelser", target_topic=target),
+        max_records=7,
+        checkpoint_every=3,
+    )
+    assert first.status == "stopped" and first.restored == 7
+    assert _source_offsets(brokers, target) == list(range(7))
+    second = resume(settings, first.run_id, checkpoint_every=3)
+    assert second.status == "completed" and second.restored == 18 and second.skipped == 0
+    assert _source_offsets(brokers, target) == list(range(25))
+    assert [r[1] for r in offset_map(db, first.run_id)] == list(range(25))
+    assert resume(settings, first.run_id).restored == 0  # a completed run does nothing
+
+
+def test_a_restore_killed_between_delivery_and_checkpoint_resumes_without_duplicates(
+    settings, db, producer, services, database_url
+):
+    brokers = services["KAFKA_BROKERS"]
+    _backed_up_sequence(settings, producer, n=40)
+    source_topic = settings.topic(BEKREFTELSER)
+    target = f"{source_topic}.killed"
+    script = (
+        "from backup_pipeline.restore import restore, RestoreRequest\n"
+        "from backup_pipeline.settings import load_settings\n"
+        f"restore(load_settings(), RestoreRequest('bekreftelser', target_topic={target!r}),"
+        " max_records=25)\n"
+    )
+    env = {
+        **os.environ,
+        "KAFKA_BROKERS": brokers,
+        "DATABASE_URL": database_url,
+        BEKREFTELSER.topic_env_var: source_topic,
+        "BACKUP_PIPELINE_FAILPOINT": "restore_before_checkpoint:1",
+    }
+    done = subprocess.run([sys.executable, "-c", script], env=env, timeout=120, check=False)
+    # Killed after Kafka acknowledged 25 records, before their checkpoint was committed.
+    assert done.returncode == -9
+    run_id, status = db.execute("SELECT run_id, status FROM restore_runs").fetchone()
+    assert status == "running"
+    saved = db.execute(
+        "SELECT last_source_offset FROM restore_progress WHERE run_id = %s AND kafka_partition = 0",
+        (run_id,),
+    ).fetchone()[0]
+    in_target = len(read_topic(brokers, target)[0])
+    assert (saved, in_target) == (-1, 25)  # delivered records the checkpoint does not know of
+
+    report = resume(settings, run_id)
+    assert report.status == "completed"
+    assert report.skipped == 25 and report.restored == 15
+    assert _source_offsets(brokers, target) == list(range(40))
+    assert [r[1] for r in offset_map(db, run_id)] == list(range(40))
+    assert verify(settings, "bekreftelser", topic=target).ok
+
+
+def test_writing_into_the_source_or_a_non_empty_topic_is_refused_unless_forced(
+    settings, producer, admin, services
+):
+    _backed_up_sequence(settings, producer, n=3)
+    topic = settings.topic(BEKREFTELSER)
+    with pytest.raises(RestoreError, match="source topic"):
+        restore(settings, RestoreRequest("bekreftelser", target_topic=topic))
+    busy = f"{topic}.busy"
+    create_topics(admin, [busy], partitions=3)
+    producer.produce(busy, value=b"someone else's", partition=2)
+    producer.flush(30)
+    with pytest.raises(RestoreError, match="already holds records"):
+        restore(settings, RestoreRequest("bekreftelser", target_topic=busy))
+    small = f"{topic}.small"
+    create_topics(admin, [small], partitions=1)
+    with pytest.raises(RestoreError, match="partitions"):
+        restore(settings, RestoreRequest("bekreftelser", target_topic=small, force=True))
+    forced = restore(settings, RestoreRequest("bekreftelser", target_topic=busy, force=True))
+    assert forced.restored == 3
+
+    delete_all(admin, services["KAFKA_BROKERS"], topic)
+    back = restore(settings, RestoreRequest("bekreftelser", target_topic=topic, force=True))
+    assert back.restored == 3
+    assert _source_offsets(services["KAFKA_BROKERS"], topic) == [0, 1, 2]
+
+
+def test_a_deleted_source_topic_is_restored_with_the_backups_partition_count(
+    settings, producer, admin, services
+):
+    topic = settings.topic(BEKREFTELSER)
+    _backed_up_sequence(settings, producer, n=3)
+    producer.produce(topic, key=key(1), value=b"v", partition=2)
+    producer.flush(30)
+    backup_topic(settings, BEKREFTELSER)
+    for future in admin.delete_topics([topic], operation_timeout=30).values():
+        future.result()
+    report = restore(settings, RestoreRequest(source_topic=topic, target_topic=f"{topic}.new"))
+    assert report.by_partition == {0: 3, 1: 0, 2: 1}
+    assert len(read_topic(services["KAFKA_BROKERS"], f"{topic}.new")) == 3
+
+
+def test_the_cli_commands_restore_and_verify(settings, producer, services, database_url):
+    _backed_up_sequence(settings, producer, n=5)
+    topic = settings.topic(BEKREFTELSER)
+    env = {
+        "KAFKA_BROKERS": services["KAFKA_BROKERS"],
+        "DATABASE_URL": database_url,
+        BEKREFTELSER.topic_env_var: topic,
+    }
+    runner = CliRunner()
+    result = runner.invoke(
+        restore_command,
+        ["--table", "bekreftelser", "--target", f"{topic}.cli", "--offsets", "0:1-3"],
+        env=env,
+    )
+    assert result.exit_code == 0, result.output
+    assert "3 records restored" in result.output
+    result = runner.invoke(
+        verify_command, ["--table", "bekreftelser", "--against", f"{topic}.cli"], env=env
+    )
+    assert result.exit_code == 0 and "no differences" in result.output, result.output
+    result = runner.invoke(restore_command, ["--table", "bekreftelser", "--target", topic], env=env)
+    assert result.exit_code == 2 and "refusing" in result.output

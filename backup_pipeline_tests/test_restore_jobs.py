@@ -1,0 +1,69 @@
+"""Restore and verify from Dagster: the restore job and the sample-verify asset check."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from backup_pipeline.backup import backup_topic
+from backup_pipeline.definitions import defs
+from backup_pipeline.orchestration.restore_jobs import restore_job
+from backup_pipeline.topics import TOPICS, spec_for_table
+from backup_pipeline_tests.helpers import good_records, produce
+
+BEKREFTELSER = spec_for_table("bekreftelser")
+
+
+@pytest.fixture
+def env(monkeypatch, services, database_url, topic_names):
+    monkeypatch.setenv("KAFKA_BROKERS", services["KAFKA_BROKERS"])
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    for spec in TOPICS:
+        monkeypatch.setenv(spec.topic_env_var, topic_names[spec.table])
+    return monkeypatch
+
+
+def test_the_restore_job_writes_the_backup_to_a_new_topic(env, settings, producer, topic_names):
+    produce(producer, topic_names["bekreftelser"], good_records(BEKREFTELSER, 30))
+    backup_topic(settings, BEKREFTELSER)
+    target = topic_names["bekreftelser"] + ".restored-by-dagster"
+    config = {
+        "ops": {
+            "restore_topic": {
+                "config": {"table": "bekreftelser", "target_topic": target, "partitions": [0, 1, 2]}
+            }
+        }
+    }
+    result = restore_job.execute_in_process(
+        run_config=config, instance=dg.DagsterInstance.ephemeral()
+    )
+    assert result.success
+    (event,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    metadata = event.event_specific_data.metadata
+    assert metadata["records_restored"].value == 30
+    assert metadata["target_topic"].value == target
+    assert metadata["status"].value == "completed"
+
+
+def test_the_verify_check_passes_then_finds_a_changed_row(env, settings, producer, topic_names, db):
+    produce(producer, topic_names["bekreftelser"], good_records(BEKREFTELSER, 20))
+    backup_topic(settings, BEKREFTELSER)
+    job = defs.resolve_job_def("verify_backups")
+    instance = dg.DagsterInstance.ephemeral()
+
+    def evaluation() -> dg.AssetCheckEvaluation:
+        result = job.execute_in_process(instance=instance)
+        return next(
+            e
+            for e in result.get_asset_check_evaluations()
+            if e.asset_key == dg.AssetKey("bekreftelser")
+        )
+
+    assert evaluation().passed
+    db.execute(
+        "UPDATE bekreftelser SET data = '\\x00'::bytea "
+        "WHERE kafka_partition = 0 AND kafka_offset = 0"
+    )
+    changed = evaluation()
+    assert not changed.passed
+    assert changed.metadata["different"].value == 1
