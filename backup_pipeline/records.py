@@ -8,10 +8,13 @@ backup and never vanishes.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
+
+import orjson
 
 from backup_pipeline.topics import ValueFormat
 
@@ -58,13 +61,26 @@ def decode_key(key: bytes | None) -> int | None:
     return int.from_bytes(key, "big", signed=True)
 
 
+@functools.lru_cache(maxsize=1024)
+def _json_name(name: str) -> str:
+    return json.dumps(name)
+
+
 def encode_headers(headers: list[tuple[str, bytes | None]] | None) -> RawJson:
-    """All headers, losslessly: order, duplicates, binary and null values."""
+    """All headers, losslessly: order, duplicates, binary and null values.
+
+    Byte-identical to ``json.dumps([[name, base64 or None], ...], separators=(",", ":"))``,
+    built by hand because it runs once per record (4x faster, measured in bench/).
+    """
+    if not headers:
+        return RawJson(b"[]")
     pairs = [
-        [name, None if value is None else base64.b64encode(value).decode("ascii")]
-        for name, value in headers or ()
+        f"[{_json_name(name)},null]"
+        if value is None
+        else f'[{_json_name(name)},"{base64.b64encode(value).decode("ascii")}"]'
+        for name, value in headers
     ]
-    return RawJson(json.dumps(pairs, separators=(",", ":")).encode())
+    return RawJson(("[" + ",".join(pairs) + "]").encode())
 
 
 def decode_headers(encoded: Any) -> list[tuple[str, bytes | None]]:
@@ -104,6 +120,31 @@ def _reject_constant(name: str) -> Any:
 
 def parse_event(value: bytes) -> tuple[int | None, str | None]:
     """(arbeidssoeker_id, None) for a storable JSON event, else (None, reason)."""
+    # Fast path for the common case: orjson is stricter than the standard library (it
+    # refuses invalid UTF-8, NaN and lone surrogates), so when it accepts the event and
+    # finds an integer id the event is storable. Anything else gets the careful verdict.
+    try:
+        event = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        event = None
+    if isinstance(event, dict) and b"\\u0000" not in value:
+        person = event.get("arbeidssoekerId")
+        if type(person) is int and BIGINT_MIN <= person <= BIGINT_MAX:
+            return person, None
+    return _parse_event_carefully(value)
+
+
+def _contains_nul(node: Any) -> bool:
+    if isinstance(node, str):
+        return "\x00" in node
+    if isinstance(node, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in node.items())
+    if isinstance(node, list):
+        return any(_contains_nul(v) for v in node)
+    return False
+
+
+def _parse_event_carefully(value: bytes) -> tuple[int | None, str | None]:
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -114,11 +155,11 @@ def parse_event(value: bytes) -> tuple[int | None, str | None]:
         return None, f"value is not valid JSON: {exc}"
     if not isinstance(event, dict):
         return None, f"JSON value is a {type(event).__name__}, not an object"
-    # PostgreSQL's jsonb refuses what Python's json accepts in two places; check only
-    # when the escape is present, so the common case pays nothing.
-    if "\\u0000" in text:
+    # PostgreSQL's jsonb refuses what Python's json accepts in two places. JSON escapes
+    # are written with a lowercase u but either case of hex digit.
+    if "\\u0000" in text and _contains_nul(event):
         return None, "JSON contains \\u0000, which PostgreSQL jsonb cannot store"
-    if "\\ud" in text.lower():
+    if "\\ud" in text or "\\uD" in text:
         try:
             json.dumps(event, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:

@@ -112,6 +112,26 @@ def test_every_bad_json_event_goes_to_quarantine_with_a_reason():
         assert q[5] == KEY and q[6] == value and q[3] == 3  # raw key, raw value, offset
 
 
+def test_an_escaped_backslash_before_u0000_is_not_a_nul():
+    value = b'{"arbeidssoekerId":1,"x":"\\\\u0000"}'  # a literal backslash, then u0000
+    assert records.parse_event(value) == (1, None)
+
+
+def test_header_encoding_matches_the_json_module():
+    headers = [
+        ("traceparent", b"00-ab"),
+        ('n\u00f8kkel "q"', None),
+        ("bin", bytes(range(256))),
+        ("traceparent", b""),
+    ]
+    expected = json.dumps(
+        [[n, None if v is None else records.base64.b64encode(v).decode()] for n, v in headers],
+        separators=(",", ":"),
+    ).encode()
+    assert bytes(records.encode_headers(headers)) == expected
+    assert bytes(records.encode_headers(None)) == b"[]"
+
+
 def test_tombstones_and_bad_keys_go_to_quarantine_in_every_table():
     for value_format in ValueFormat:
         for key, value, reason in [
@@ -156,3 +176,26 @@ def test_demo_events_are_storable_json():
         value = event_value(rng)
         person, reason = records.parse_event(value)
         assert reason is None and person == json.loads(value)["arbeidssoekerId"]
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(
+    st.dictionaries(st.text(max_size=8), _json_values, max_size=5),
+    st.one_of(st.integers(), st.floats(allow_nan=False), st.text(max_size=3), st.none()),
+)
+def test_the_fast_json_path_agrees_with_the_careful_one(event, person):
+    event["arbeidssoekerId"] = person
+    value = json.dumps(event).encode()
+    assert records.parse_event(value)[0] == records._parse_event_carefully(value)[0]
