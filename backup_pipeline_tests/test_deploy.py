@@ -1,0 +1,105 @@
+"""The deployable shape: the Dockerfile's own command serves the code location over gRPC,
+its health check answers, and a webserver loads the location from it.
+
+No Docker engine runs here, so the test runs the image's CMD directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backup_pipeline_tests.dagster_server import DagsterServer, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def dockerfile_cmd() -> list[str]:
+    text = (REPO / "Dockerfile").read_text()
+    match = re.search(r"^CMD (\[.*?\])\s*$", text.replace("\\\n", " "), re.MULTILINE | re.DOTALL)
+    assert match, "Dockerfile has no exec-form CMD"
+    return json.loads(match.group(1))
+
+
+def test_the_image_runs_as_a_non_root_user_with_a_health_check():
+    text = (REPO / "Dockerfile").read_text()
+    users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
+    assert users and users[-1] not in ("root", "0")
+    assert "HEALTHCHECK" in text and "grpc-health-check" in text
+
+
+@pytest.fixture
+def code_server(services, database_url, tmp_path) -> Iterator[int]:
+    port = free_port()
+    command = [str(BIN / c) if i == 0 else c for i, c in enumerate(dockerfile_cmd())]
+    command = [("127.0.0.1" if c == "0.0.0.0" else c) for c in command]  # noqa: S104
+    command[command.index("-p") + 1] = str(port)
+    env = {
+        **os.environ,
+        "KAFKA_BROKERS": services["KAFKA_BROKERS"],
+        "DATABASE_URL": database_url,
+        "DAGSTER_HOME": str(tmp_path),
+    }
+    log = (tmp_path / "code-server.log").open("wb")
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while (
+            subprocess.run(
+                [str(BIN / "dagster"), "api", "grpc-health-check", "-p", str(port)],
+                capture_output=True,
+            ).returncode
+            != 0
+        ):
+            assert proc.poll() is None, (tmp_path / "code-server.log").read_text()
+            assert time.monotonic() < deadline, "code server never became healthy"
+            time.sleep(1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_a_webserver_loads_the_location_from_the_code_server(code_server, tmp_path, services):
+    workspace = tmp_path / "workspace.yaml"
+    workspace.write_text(
+        "load_from:\n  - grpc_server:\n      host: 127.0.0.1\n"
+        f"      port: {code_server}\n      location_name: backup_pipeline\n"
+    )
+    port = free_port()
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = subprocess.Popen(
+        [str(BIN / "dagster-webserver"), "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "DAGSTER_HOME": str(home)},
+        stdout=(tmp_path / "webserver.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    server = DagsterServer(home, {}, port)
+    try:
+
+        def assets() -> list[str]:
+            try:
+                data = server.graphql("{ assetNodes { assetKey { path } } }")
+            except OSError:
+                return []
+            return ["/".join(n["assetKey"]["path"]) for n in data["assetNodes"]]
+
+        deadline = time.monotonic() + 120
+        while not (found := assets()):
+            assert proc.poll() is None, (tmp_path / "webserver.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "webserver.log").read_text()
+            time.sleep(1)
+        assert {"bekreftelse_hendelser", "bekreftelser", "bekreftelse_paa_vegne_av"} <= set(found)
+    finally:
+        proc.terminate()
+        proc.wait(30)
