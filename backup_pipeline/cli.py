@@ -13,7 +13,7 @@ import click
 import pandas as pd
 from confluent_kafka.admin import AdminClient
 
-from backup_pipeline import backup, db, migrate, status
+from backup_pipeline import backup, db, logs, migrate, status
 from backup_pipeline.cli_restore import restore_command, verify_command
 from backup_pipeline.errors import BackupError
 from backup_pipeline.kafka_config import admin_config
@@ -39,10 +39,7 @@ def _friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
 def main(verbose: bool) -> None:
     """Keep an exactly-once copy of Kafka topics in PostgreSQL."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    logs.configure(logging.DEBUG if verbose else logging.INFO)
 
 
 def _settings() -> Settings:

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import dagster as dg
 
+from backup_pipeline import logs
 from backup_pipeline.orchestration.resources import BackupEngine, RunOutcome
 from backup_pipeline.report import PassReport
 from backup_pipeline.topics import TOPICS, TopicSpec, ValueFormat
@@ -217,7 +218,8 @@ def table_asset(spec: TopicSpec) -> dg.AssetsDefinition:
     def _backup(
         context: dg.AssetExecutionContext, config: BackupRunConfig, engine: BackupEngine
     ) -> dg.MaterializeResult:
-        outcome = engine.run_backup(spec, config.version, config.max_records)
+        with logs.bind(run_id=context.run_id, table=spec.table):
+            outcome = engine.run_backup(spec, config.version, config.max_records)
         report = outcome.report
         context.log.info(report.summary())
         if report.errors:

@@ -1,0 +1,57 @@
+"""Structured logs: one line per event, with the fields an operator filters on.
+
+The engine logs through the standard library (so Dagster captures it too) with ``extra``
+fields; this module renders those lines as JSON (``BACKUP_LOG_FORMAT=json``, for log
+shippers) or as readable key=value text (the default). Fields bound with ``bind`` (the
+Dagster run id, topic, version) are added to every line logged until they are unbound.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import structlog
+
+_PRE_CHAIN: list[Any] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.stdlib.ExtraAdder(),
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
+def configure(level: int = logging.INFO, fmt: str | None = None) -> None:
+    """Route the root logger through structlog's formatter (idempotent)."""
+    fmt = (fmt or os.environ.get("BACKUP_LOG_FORMAT", "text")).lower()
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_PRE_CHAIN,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
+    # librdkafka and psycopg are quiet at WARNING; their INFO is not for operators.
+    for noisy in ("confluent_kafka", "psycopg", "alembic.runtime.migration"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextmanager
+def bind(**fields: Any) -> Iterator[None]:
+    """Add ``fields`` to every log line of this thread/context while the block runs."""
+    tokens = structlog.contextvars.bind_contextvars(**fields)
+    try:
+        yield
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
