@@ -7,7 +7,7 @@ import re
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from backup_pipeline.errors import BackupError
+from backup_pipeline.errors import BackupError, ConfigError
 from backup_pipeline.settings import Settings
 
 APPLICATION_NAME = "backup_pipeline"
@@ -21,6 +21,17 @@ def conninfo(settings: Settings) -> str:
 def connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Connection:
     """Open a connection, turning libpq's errors into one line without the password."""
     try:
+        conninfo_to_dict(conninfo(settings))
+    except psycopg.ProgrammingError as exc:
+        # libpq quotes the part it could not parse, which may well hold the password.
+        raw = conninfo(settings)
+        reason = _QUOTED.sub(lambda m: '"..."' if len(m[1]) > 1 and m[1] in raw else m[0], str(exc))
+        reason = one_line(redact(reason))
+        raise ConfigError(
+            "DATABASE_URL is not a valid libpq connection string (a postgresql:// URL or "
+            f"key=value pairs): {reason}"
+        ) from None
+    try:
         return psycopg.connect(
             conninfo(settings),
             autocommit=autocommit,
@@ -29,8 +40,19 @@ def connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Connecti
         )
     except psycopg.Error as exc:
         raise BackupError(
-            f"cannot connect to PostgreSQL {describe(settings)}: {redact(str(exc), settings)}"
+            f"cannot connect to PostgreSQL {describe(settings)}: "
+            f"{one_line(redact(str(exc), settings))}"
         ) from None
+
+
+def one_line(text: str) -> str:
+    """libpq reports each attempt (host, SSL then plain...) on its own line: join them."""
+    lines: list[str] = []
+    for line in text.splitlines():
+        line = " ".join(line.split())
+        if line and line not in lines:
+            lines.append(line)
+    return "; ".join(lines)
 
 
 def describe(settings: Settings) -> str:
@@ -47,6 +69,7 @@ def describe(settings: Settings) -> str:
 
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+_QUOTED = re.compile(r'"([^"]*)"')
 
 
 def redact(text: str, settings: Settings | None = None) -> str:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from backup_pipeline.errors import ConfigError
 from backup_pipeline.settings import Settings
 
 # confluent-kafka insists on a group.id even for assign()-only consumers. Nothing is ever
-# committed under it, so it needs no ACL beyond what librdkafka asks for at start-up.
+# committed under it, but librdkafka still looks up the group's coordinator
+# (FindCoordinator), which needs DESCRIBE on this group -- and nothing more (no READ: the
+# consumer never joins the group, fetches or commits offsets). See docs/security.md.
 CONSUMER_GROUP_ID = "backup-pipeline-no-commit"
 
 
@@ -21,12 +24,23 @@ def _common(settings: Settings) -> dict[str, Any]:
         "log_level": 3,
     }
     if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        if settings.kafka_ca_path:
-            config["ssl.ca.location"] = settings.kafka_ca_path
-        if settings.kafka_certificate_path:
-            config["ssl.certificate.location"] = settings.kafka_certificate_path
-        if settings.kafka_private_key_path:
-            config["ssl.key.location"] = settings.kafka_private_key_path
+        # The broker's certificate must match the host name we connect to (librdkafka's
+        # default since 2.0; stated so that no one "fixes" it to none).
+        config["ssl.endpoint.identification.algorithm"] = "https"
+        if settings.kafka_ca_path:  # else the system's CA store
+            config["ssl.ca.location"] = _readable_file("KAFKA_CA_PATH", settings.kafka_ca_path)
+        if bool(settings.kafka_certificate_path) != bool(settings.kafka_private_key_path):
+            raise ConfigError(
+                "KAFKA_CERTIFICATE_PATH and KAFKA_PRIVATE_KEY_PATH must be set together "
+                "(client certificate and its private key)"
+            )
+        if settings.kafka_certificate_path and settings.kafka_private_key_path:
+            config["ssl.certificate.location"] = _readable_file(
+                "KAFKA_CERTIFICATE_PATH", settings.kafka_certificate_path
+            )
+            config["ssl.key.location"] = _readable_file(
+                "KAFKA_PRIVATE_KEY_PATH", settings.kafka_private_key_path
+            )
     if settings.kafka_security_protocol.startswith("SASL"):
         if not settings.kafka_sasl_username or settings.kafka_sasl_password is None:
             raise ConfigError(
@@ -37,6 +51,16 @@ def _common(settings: Settings) -> dict[str, Any]:
         config["sasl.username"] = settings.kafka_sasl_username
         config["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
     return config
+
+
+def _readable_file(variable: str, path: str) -> str:
+    # librdkafka would fail later with a message naming its own property, not our variable.
+    # The path is shown (it is not a secret), never the file's content.
+    if not os.path.isfile(path):
+        raise ConfigError(f"{variable}: no such file: {path}")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{variable}: file is not readable by this user: {path}")
+    return path
 
 
 def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:

@@ -29,7 +29,7 @@ class Settings(BaseModel):
     kafka_private_key_path: str | None = Field(
         default=None, validation_alias="KAFKA_PRIVATE_KEY_PATH"
     )
-    kafka_sasl_mechanism: str = Field(
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
         default="SCRAM-SHA-512", validation_alias="KAFKA_SASL_MECHANISM"
     )
     kafka_sasl_username: str | None = Field(default=None, validation_alias="KAFKA_SASL_USERNAME")

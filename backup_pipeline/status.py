@@ -29,6 +29,14 @@ class PartitionStatus:
         return max(0, self.end_offset - (done + 1))
 
 
+def snapshot(consumer: Consumer, topic: str, timeout: float) -> dict[int, source.Watermarks]:
+    """Every partition's log start and end offset, asked once per caller."""
+    return {
+        p: source.watermarks(consumer, topic, p, timeout)
+        for p in source.partitions(consumer, topic, timeout)
+    }
+
+
 def topic_status(
     conn: psycopg.Connection,
     consumer: Consumer,
@@ -36,6 +44,7 @@ def topic_status(
     topic: str,
     version: int,
     timeout: float = 10.0,
+    marks: dict[int, source.Watermarks] | None = None,
 ) -> list[PartitionStatus]:
     hwms = hwm.read(conn, version, topic)
     quarantined: dict[int, int] = dict(
@@ -55,9 +64,10 @@ def topic_status(
     )
     if not conn.autocommit:
         conn.commit()
+    if marks is None:
+        marks = snapshot(consumer, topic, timeout)
     result = []
-    for partition in source.partitions(consumer, topic, timeout):
-        marks = source.watermarks(consumer, topic, partition, timeout)
+    for partition, mark in sorted(marks.items()):
         result.append(
             PartitionStatus(
                 table=spec.table,
@@ -65,8 +75,8 @@ def topic_status(
                 version=version,
                 partition=partition,
                 hwm=hwms.get(partition),
-                log_start=marks.log_start,
-                end_offset=marks.end,
+                log_start=mark.log_start,
+                end_offset=mark.end,
                 quarantined=int(quarantined.get(partition, 0)),
                 lost=int(lost.get(partition, 0)),
             )

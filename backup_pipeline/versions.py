@@ -59,12 +59,18 @@ def version_state(
     *,
     caught_up_max_lag: int,
     timeout: float = 10.0,
+    snapshot: dict[int, source.Watermarks] | None = None,
 ) -> VersionState:
-    partitions = source.partitions(consumer, topic, timeout)
+    if snapshot is None:
+        snapshot = {
+            p: source.watermarks(consumer, topic, p, timeout)
+            for p in source.partitions(consumer, topic, timeout)
+        }
+    partitions = sorted(snapshot)
     target_hwms = hwm.read(conn, target, topic)
     lag = total = done = 0
     for partition in partitions:
-        marks = source.watermarks(consumer, topic, partition, timeout)
+        marks = snapshot[partition]
         position = target_hwms.get(partition, hwm.NOTHING_YET) + 1
         lag += max(0, marks.end - position)
         total += marks.end - marks.log_start

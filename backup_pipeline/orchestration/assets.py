@@ -218,7 +218,7 @@ def table_asset(spec: TopicSpec) -> dg.AssetsDefinition:
     def _backup(
         context: dg.AssetExecutionContext, config: BackupRunConfig, engine: BackupEngine
     ) -> dg.MaterializeResult:
-        with logs.bind(run_id=context.run_id, table=spec.table):
+        with logs.bind(run_id=context.run.run_id, table=spec.table):
             outcome = engine.run_backup(spec, config.version, config.max_records)
         report = outcome.report
         context.log.info(report.summary())

@@ -9,7 +9,7 @@ from backup_pipeline import accounting, backup, db, migrate
 from backup_pipeline.accounting import Discrepancy
 from backup_pipeline.report import PassReport
 from backup_pipeline.settings import Settings, load_settings
-from backup_pipeline.status import PartitionStatus, topic_status
+from backup_pipeline.status import PartitionStatus, snapshot, topic_status
 from backup_pipeline.topics import TopicSpec
 from backup_pipeline.versions import VersionState, version_state
 
@@ -77,6 +77,8 @@ class BackupEngine(dg.ConfigurableResource):
         try:
             with closing(db.connect(settings, autocommit=True)) as conn:
                 topic = settings.topic(spec)
+                # One look at Kafka per tick: the partitions, then each one's offsets.
+                marks = snapshot(consumer, topic, timeout)
                 state = version_state(
                     conn,
                     consumer,
@@ -84,8 +86,9 @@ class BackupEngine(dg.ConfigurableResource):
                     settings.backup_version,
                     caught_up_max_lag=settings.backup_caught_up_max_lag,
                     timeout=timeout,
+                    snapshot=marks,
                 )
-                serving = topic_status(conn, consumer, spec, topic, state.serving, timeout)
+                serving = topic_status(conn, consumer, spec, topic, state.serving, timeout, marks)
                 return TopicView(state, serving)
         finally:
             consumer.close()

@@ -26,8 +26,9 @@ from backup_pipeline.topics import TOPICS, TopicSpec
 
 PROGRESS_TAG = "backup_pipeline/reingest_progress"
 SENSOR_INTERVAL_SECONDS = int(os.environ.get("BACKUP_SENSOR_INTERVAL_SECONDS", "30"))
-# Each Kafka request in a tick; far below Dagster's 60-second limit for a whole tick.
-SENSOR_KAFKA_TIMEOUT = 8.0
+# Each Kafka request of a tick (1 + one per partition). A broker that is down fails the
+# first request, so a tick ends after about this long, far below Dagster's 60 s limit.
+SENSOR_KAFKA_TIMEOUT = 5.0
 
 ACTIVE = [
     dg.DagsterRunStatus.QUEUED,
