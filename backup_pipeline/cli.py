@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 import pandas as pd
+import psycopg
 from confluent_kafka.admin import AdminClient
 
 from backup_pipeline import backup, db, logs, migrate, status
@@ -30,6 +31,13 @@ def _friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except BackupError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except psycopg.errors.UndefinedTable as exc:
+            click.echo(
+                f"error: {exc.diag.message_primary}: the database is not migrated; "
+                "run `backup-pipeline migrate`",
+                err=True,
+            )
             sys.exit(2)
 
     return wrapper

@@ -62,3 +62,10 @@ def test_migrate_twice_reports_up_to_date(services, empty_database_url):
     assert first.exit_code == 0 and "from empty to" in first.output
     second = runner.invoke(main, ["migrate"], env=env)
     assert second.exit_code == 0 and "up to date" in second.output
+
+
+def test_status_on_an_unmigrated_database_says_to_migrate(services, empty_database_url):
+    env = {"KAFKA_BROKERS": services["KAFKA_BROKERS"], "DATABASE_URL": empty_database_url}
+    result = CliRunner().invoke(main, ["status"], env=env)
+    assert result.exit_code == 2
+    assert "backup-pipeline migrate" in result.output and "Traceback" not in result.output
