@@ -11,9 +11,17 @@ import psycopg
 from confluent_kafka import Consumer
 
 from backup_pipeline import db, hwm, source, writer
+from backup_pipeline.errors import BackupError, ConfigError
 from backup_pipeline.kafka_config import consumer_config
 from backup_pipeline.records import KafkaMessage
 from backup_pipeline.report import PartitionReport, PassReport
+from backup_pipeline.retry import (
+    DEFAULT_LOCK_TIMEOUT_SECONDS,
+    DatabaseUnavailableError,
+    lock_timeout_seconds,
+    pass_attempts,
+    pass_retrying,
+)
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TopicSpec
 
@@ -32,14 +40,17 @@ def run_pass(
     max_records: int = 0,
     lock_wait_seconds: float = 0.0,
     kafka_timeout: float = 10.0,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
 ) -> PassReport:
     """Back up ``topic`` into ``spec.table`` from each partition's HWM to its end offset.
 
     ``conn`` must be a dedicated autocommit connection: it holds the writer lock for the
-    pass, and each batch is its own explicit transaction.
+    pass, and each batch is its own explicit transaction. ``lock_timeout`` (seconds, 0 =
+    none) bounds how long a statement waits for a lock someone else holds on a table.
     """
     if not conn.autocommit:
         conn.autocommit = True
+    _bound_lock_waits(conn, lock_timeout)
     started = time.monotonic()
     report = PassReport(topic=topic, table=spec.table, version=version)
     partitions = source.partitions(consumer, topic, kafka_timeout)
@@ -167,6 +178,19 @@ def _run_locked(
         report.bytes_read += batch.size_bytes
 
 
+def _bound_lock_waits(conn: psycopg.Connection, seconds: float) -> None:
+    """A lock held by someone else (a LOCK TABLE, a long migration) must fail the pass with
+    a clear error, not hang it forever. A lock_timeout the connection already has (e.g.
+    ``options=-c lock_timeout=...`` in DATABASE_URL, or set for the role) is kept."""
+    if seconds <= 0:
+        return
+    row = conn.execute("SELECT current_setting('lock_timeout')").fetchone()
+    if row and row[0] in ("0", "0ms"):
+        conn.execute(
+            "SELECT set_config('lock_timeout', %s, false)", (f"{round(seconds * 1000)}ms",)
+        )
+
+
 def open_consumer(settings: Settings) -> Consumer:
     return Consumer(consumer_config(settings))
 
@@ -182,24 +206,81 @@ def backup_topic(
     """One pass with connections made from settings, closed afterwards.
 
     ``version`` defaults to BACKUP_VERSION; the Dagster layer passes the previous version
-    while a new one is still being re-ingested.
+    while a new one is still being re-ingested. A pass whose PostgreSQL or Kafka
+    connection failed is run again (BACKUP_PASS_ATTEMPTS in all, default 3): it resumes
+    from the HWMs its committed batches left, so nothing is stored twice. The report is
+    that of the last attempt.
     """
+    topic = settings.topic(spec)
+    version = settings.backup_version if version is None else version
+    lock_timeout = lock_timeout_seconds()
+    attempts = pass_attempts()
+    for attempt in pass_retrying(f"backup of {topic} version {version}", attempts):
+        with attempt:
+            return _backup_topic_once(
+                settings, spec, topic, version, max_records, lock_wait_seconds, lock_timeout
+            )
+    raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+
+def _backup_topic_once(
+    settings: Settings,
+    spec: TopicSpec,
+    topic: str,
+    version: int,
+    max_records: int | None,
+    lock_wait_seconds: float,
+    lock_timeout: float,
+) -> PassReport:
     consumer = open_consumer(settings)
     try:
-        with closing(db.connect(settings, autocommit=True)) as conn:
-            return run_pass(
-                conn,
-                consumer,
-                spec,
-                settings.topic(spec),
-                settings.backup_version if version is None else version,
-                batch_size=settings.backup_batch_size,
-                batch_bytes=settings.backup_batch_bytes,
-                max_records=(
-                    settings.backup_max_records_per_pass if max_records is None else max_records
-                ),
-                lock_wait_seconds=lock_wait_seconds,
-                kafka_timeout=settings.kafka_timeout_seconds,
-            )
+        try:
+            conn = db.connect(settings, autocommit=True)
+        except ConfigError:
+            raise
+        except BackupError as exc:  # the server is down or refuses connections: retry
+            raise DatabaseUnavailableError(str(exc)) from None
+        with closing(conn):
+            try:
+                return run_pass(
+                    conn,
+                    consumer,
+                    spec,
+                    topic,
+                    version,
+                    batch_size=settings.backup_batch_size,
+                    batch_bytes=settings.backup_batch_bytes,
+                    max_records=(
+                        settings.backup_max_records_per_pass if max_records is None else max_records
+                    ),
+                    lock_wait_seconds=lock_wait_seconds,
+                    kafka_timeout=settings.kafka_timeout_seconds,
+                    lock_timeout=lock_timeout,
+                )
+            except psycopg.OperationalError as exc:
+                raise _database_error(exc, conn, settings, topic, version) from None
     finally:
         consumer.close()
+
+
+def _database_error(
+    exc: psycopg.OperationalError,
+    conn: psycopg.Connection,
+    settings: Settings,
+    topic: str,
+    version: int,
+) -> BackupError:
+    """One readable line instead of a driver traceback; never the connection string.
+
+    A lost connection (server restarted, network cut) is worth another attempt; a lock
+    or statement timeout is not: the batch was rolled back and the same wait would follow.
+    """
+    reason = db.redact(" ".join(str(exc).split()), settings).rstrip(".")
+    lost = conn.broken or conn.closed
+    cls = DatabaseUnavailableError if lost else BackupError
+    what = "lost the connection" if lost else "refused a statement"
+    return cls(
+        f"PostgreSQL {db.describe(settings)} {what} during the backup of {topic} version "
+        f"{version}: {reason}. The batch in flight was rolled back; batches committed "
+        "before it are kept and the next pass resumes from their HWM"
+    )

@@ -1,0 +1,631 @@
+"""Faults production brings, injected into real services: PostgreSQL restarted or crashed
+mid-pass, the Kafka broker killed or stopped mid-pass, a Dagster run's process killed
+with SIGKILL, a lock held by someone else and a statement timeout. After each, every
+offset is in the backup exactly once and the HWMs sit at the end offsets.
+
+These tests stop and start servers, so they run a dev/services instance of their own
+(own state dir and ports): the services the other tests share are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from backup_pipeline import backup, db
+from backup_pipeline.demo_data import awkward_record, good_record
+from backup_pipeline.errors import BackupError, KafkaUnavailableError
+from backup_pipeline.kafka_config import consumer_config
+from backup_pipeline.migrate import migrate
+from backup_pipeline.report import PassReport
+from backup_pipeline.settings import Settings, load_settings
+from backup_pipeline.topics import TOPICS, TopicSpec, spec_for_table
+from backup_pipeline.topics_admin import create_topics
+from backup_pipeline_tests.dagster_server import DagsterServer
+
+REPO = Path(__file__).resolve().parent.parent
+BEKREFTELSER = spec_for_table("bekreftelser")
+HENDELSER = spec_for_table("bekreftelse_hendelser")
+
+# librdkafka prefetches up to 100k records / 32 MB per partition, so a backlog of a few
+# thousand records is read from memory even with the broker gone. A small prefetch makes
+# a small topic behave like a big backlog: the pass really needs the broker mid-way.
+SMALL_PREFETCH = {"queued.max.messages.kbytes": 256, "queued.min.messages": 100}
+
+
+# ------------------------------------------------------------------ services ----
+
+
+def _alive(pid: int) -> bool:
+    """Alive and not a zombie (a killed daemon may wait a while for PID 1 to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(") ", 1)[-1].split(" ", 1)[0] != "Z"
+
+
+class DevServices:
+    """A dev/services instance of its own: state dir, ports, pid files.
+
+    ``stop``/``kill`` signal one server by the pid in its pid file and wait until it is
+    gone; ``up`` starts whatever is missing (and keeps what runs), as dev/services does.
+    """
+
+    PORT_VARS = (
+        "BACKUP_DEV_KAFKA_PORT",
+        "BACKUP_DEV_KAFKA_CONTROLLER_PORT",
+        "BACKUP_DEV_KAFKA_SSL_PORT",
+        "BACKUP_DEV_KAFKA_SASL_SSL_PORT",
+        "BACKUP_DEV_PG_PORT",
+    )
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.env = {"BACKUP_DEV_STATE": str(state)}
+        self.env.update(_free_ports(self.PORT_VARS))
+        self.exports: dict[str, str] = {}
+        # The Kafka jars of the shared instance, if present, spare a Maven run.
+        shared = Path(os.environ.get("BACKUP_DEV_STATE") or REPO / ".dev") / "kafka-libs"
+        if (shared / ".stamp").exists() and not (state / "kafka-libs").exists():
+            shutil.copytree(shared, state / "kafka-libs", symlinks=True)
+
+    def _run(self, command: str) -> str:
+        env = {**os.environ, **self.env}
+        done = subprocess.run(
+            [str(REPO / "dev" / "services"), command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if done.returncode != 0:
+            raise AssertionError(f"dev/services {command} failed:\n{done.stderr[-3000:]}")
+        return done.stdout
+
+    def up(self) -> float:
+        """Start what is missing; return how long it took."""
+        started = time.monotonic()
+        out = self._run("up")
+        for line in out.splitlines():
+            name, _, value = line.removeprefix("export ").partition("=")
+            if value:
+                self.exports[name] = value
+        return time.monotonic() - started
+
+    def down(self) -> None:
+        self._run("down")
+
+    def pid(self, server: str) -> int:
+        return int((self.state / f"{server}.pid").read_text().split()[0])
+
+    def signal(self, server: str, sig: int, timeout: float = 60) -> float:
+        """Send ``sig`` to ``server`` ("postgres" or "kafka"), wait until it has exited."""
+        pid = self.pid(server)
+        started = time.monotonic()
+        os.kill(pid, sig)
+        while _alive(pid):
+            assert time.monotonic() - started < timeout, f"{server} (pid {pid}) did not exit"
+            time.sleep(0.05)
+        return time.monotonic() - started
+
+    @property
+    def brokers(self) -> str:
+        return self.exports["KAFKA_BROKERS"]
+
+    @property
+    def admin_url(self) -> str:
+        return self.exports["DATABASE_URL"]
+
+    def database_url(self, dbname: str) -> str:
+        return self.admin_url.rsplit("/", 1)[0] + "/" + dbname
+
+    def create_database(self, migrated: bool = True) -> str:
+        name = f"bp_fault_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        url = self.database_url(name)
+        if migrated:
+            migrate(load_settings({"KAFKA_BROKERS": self.brokers, "DATABASE_URL": url}))
+        return url
+
+
+def _free_ports(names: tuple[str, ...]) -> dict[str, str]:
+    import socket
+
+    sockets = [socket.socket() for _ in names]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return {n: str(s.getsockname()[1]) for n, s in zip(names, sockets, strict=True)}
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.fixture(scope="module")
+def fault_services() -> Iterator[DevServices]:
+    # Not under pytest's basetemp: as root, PostgreSQL runs as another user that must
+    # traverse the path, and every pytest session resets /tmp/pytest-of-<user> to 0700.
+    state = Path(tempfile.mkdtemp(prefix="bp-fault-services-"))
+    services = DevServices(state)
+    try:
+        services.up()
+        yield services
+    finally:
+        try:
+            services.down()
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+@dataclass
+class Target:
+    """One test's world on the fault services: a migrated database and three topics."""
+
+    services: DevServices
+    database_url: str
+    topics: dict[str, str]  # table -> topic
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {"KAFKA_BROKERS": self.services.brokers, "DATABASE_URL": self.database_url}
+        for spec in TOPICS:
+            env[spec.topic_env_var] = self.topics[spec.table]
+        env.update(extra)
+        return env
+
+    def settings(self, **extra: str) -> Settings:
+        return load_settings(self.env(**extra))
+
+    def connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.database_url, autocommit=True, connect_timeout=10)
+
+
+@pytest.fixture
+def target(fault_services: DevServices) -> Target:
+    fault_services.up()  # a test that failed half-way may have left a server down
+    suffix = uuid.uuid4().hex[:10]
+    topics = {spec.table: f"fault.{spec.table}.{suffix}" for spec in TOPICS}
+    create_topics(AdminClient({"bootstrap.servers": fault_services.brokers}), list(topics.values()))
+    return Target(fault_services, fault_services.create_database(), topics)
+
+
+# ------------------------------------------------------------------- helpers ----
+
+
+def produce(brokers: str, topic: str, spec: TopicSpec, n: int, seed: int = 1) -> None:
+    """``n`` realistic records, one in twenty awkward (they go to quarantine)."""
+    rng = random.Random(seed)
+    producer = Producer({"bootstrap.servers": brokers, "linger.ms": 20, "enable.idempotence": True})
+    for _ in range(n):
+        make = awkward_record if rng.random() < 0.05 else good_record
+        record = make(rng, spec.value_format, spec.table)
+        while True:
+            try:
+                producer.produce(
+                    topic, key=record.key, value=record.value, headers=list(record.headers)
+                )
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+def end_offsets(brokers: str, topic: str, partitions: int = 3) -> dict[int, int]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": brokers,
+            "group.id": "fault-probe",
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
+            for p in range(partitions)
+        }
+    finally:
+        consumer.close()
+
+
+def accounted(conn: psycopg.Connection, spec: TopicSpec, topic: str) -> list[tuple[int, int]]:
+    """Every (partition, offset) stored: rows of the table plus quarantined records."""
+    return [
+        (int(p), int(o))
+        for p, o in conn.execute(
+            f"SELECT kafka_partition, kafka_offset FROM {spec.table} WHERE version = 1 "
+            "UNION ALL SELECT kafka_partition, kafka_offset FROM backup_quarantine "
+            "WHERE version = 1 AND kafka_topic = %s ORDER BY 1, 2",
+            (topic,),
+        ).fetchall()
+    ]
+
+
+def hwms(conn: psycopg.Connection, topic: str) -> dict[int, int]:
+    return {
+        int(p): int(o)
+        for p, o in conn.execute(
+            "SELECT kafka_partition, kafka_offset FROM bekreftelse_hwm "
+            "WHERE version = 1 AND kafka_topic = %s",
+            (topic,),
+        ).fetchall()
+    }
+
+
+def assert_consistent(conn: psycopg.Connection, spec: TopicSpec, topic: str) -> dict[int, int]:
+    """No partial batch: what is stored is exactly the offsets up to each HWM."""
+    stored = accounted(conn, spec, topic)
+    assert len(stored) == len(set(stored)), "an offset is stored twice"
+    marks = hwms(conn, topic)
+    for partition, mark in marks.items():
+        assert [o for p, o in stored if p == partition] == list(range(mark + 1)), partition
+    return marks
+
+
+def assert_exactly_once(target: Target, spec: TopicSpec, produced: int) -> None:
+    topic = target.topics[spec.table]
+    ends = end_offsets(target.services.brokers, topic)
+    assert sum(ends.values()) == produced
+    with closing(target.connect()) as conn:
+        marks = assert_consistent(conn, spec, topic)
+        assert marks == {p: end - 1 for p, end in ends.items()}
+
+
+def progress(target: Target, topic: str) -> int:
+    """Offsets committed so far (sum of HWM+1); 0 while PostgreSQL cannot answer."""
+    try:
+        with closing(target.connect()) as conn:
+            return sum(mark + 1 for mark in hwms(conn, topic).values())
+    except psycopg.OperationalError:
+        return 0
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.05)
+
+
+def cli_pass(target: Target, spec: TopicSpec, **extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, **target.env(**extra)}
+    env.pop("BACKUP_PIPELINE_FAILPOINT", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "backup_pipeline.cli", "backup", "--table", spec.table],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def engine_pass(target: Target, spec: TopicSpec, **consumer_overrides: Any) -> PassReport:
+    """One pass through the engine's run_pass, with its own consumer configuration."""
+    settings = target.settings(BACKUP_BATCH_SIZE="20")
+    consumer = Consumer(consumer_config(settings, **consumer_overrides))
+    try:
+        with closing(db.connect(settings, autocommit=True)) as conn:
+            return backup.run_pass(
+                conn, consumer, spec, target.topics[spec.table], 1, batch_size=20
+            )
+    finally:
+        consumer.close()
+
+
+def in_thread(fn: Callable[[], Any]) -> Future[Any]:
+    """Run ``fn`` in a daemon thread (a failed test must not leave pytest waiting on it)."""
+    future: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
+# ------------------------------------------------------------- 7: PostgreSQL ----
+
+RECORDS = 30_000
+
+
+def test_postgres_restarted_mid_pass_the_pass_reconnects_and_stores_every_offset_once(target):
+    """A fast shutdown (SIGINT) and restart of PostgreSQL while a pass writes: the pass's
+    connection is lost, the engine runs the pass again from the committed HWMs."""
+    topic = target.topics[BEKREFTELSER.table]
+    produce(target.services.brokers, topic, BEKREFTELSER, RECORDS)
+    proc = cli_pass(target, BEKREFTELSER, BACKUP_BATCH_SIZE="20")
+    wait_until(lambda: progress(target, topic) >= 1000, 60, "the pass to commit batches")
+    target.services.signal("postgres", signal.SIGINT)
+    restart = target.services.up()
+    _out, err = proc.communicate(timeout=120)
+
+    assert proc.returncode == 0, err
+    assert "attempt 1 of 3 failed" in err and "lost the connection" in err, err
+    assert "Traceback" not in err
+    assert restart < 15, f"PostgreSQL took {restart:.1f}s to come back"
+    assert_exactly_once(target, BEKREFTELSER, RECORDS)
+
+
+def test_postgres_crash_mid_pass_fails_cleanly_and_the_next_pass_completes(target):
+    """PostgreSQL killed with SIGKILL (crash recovery on restart) and retries disabled:
+    the pass stops with one readable line, what it committed is whole, the next pass
+    finishes the job."""
+    topic = target.topics[HENDELSER.table]
+    produce(target.services.brokers, topic, HENDELSER, RECORDS)
+    proc = cli_pass(target, HENDELSER, BACKUP_BATCH_SIZE="20", BACKUP_PASS_ATTEMPTS="1")
+    wait_until(lambda: progress(target, topic) >= 1000, 60, "the pass to commit batches")
+    target.services.signal("postgres", signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    target.services.up()
+
+    assert proc.returncode == 2, (out, err)
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: PostgreSQL 127.0.0.1:"), err
+    assert "lost the connection during the backup of" in last
+    assert "backup:backup" not in err  # no credentials in the message
+    with closing(target.connect()) as conn:
+        done = sum(m + 1 for m in assert_consistent(conn, HENDELSER, topic).values())
+    assert 1000 <= done < RECORDS
+
+    again = cli_pass(target, HENDELSER)
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    assert_exactly_once(target, HENDELSER, RECORDS)
+
+
+# ------------------------------------------------------------------ 8: Kafka ----
+
+
+def test_kafka_killed_and_restarted_mid_pass_the_pass_waits_and_completes(target):
+    """SIGKILL of the broker and a restart (~10 s, under the read's 30 s idle bound): the
+    consumer reconnects and the same pass reads on to the end offsets it captured."""
+    topic = target.topics[BEKREFTELSER.table]
+    produce(target.services.brokers, topic, BEKREFTELSER, RECORDS)
+    started = time.monotonic()
+    future = in_thread(lambda: engine_pass(target, BEKREFTELSER, **SMALL_PREFETCH))
+    wait_until(lambda: progress(target, topic) >= 1000, 60, "the pass to commit batches")
+    target.services.signal("kafka", signal.SIGKILL)
+    killed_at = progress(target, topic)
+    restart = target.services.up()
+    report = future.result(timeout=120)
+    took = time.monotonic() - started
+
+    assert killed_at < RECORDS, "the pass ended before the broker was killed"
+    assert report.records == RECORDS and report.lag == 0
+    assert took < 60, f"the pass took {took:.0f}s (restart {restart:.0f}s)"
+    assert_exactly_once(target, BEKREFTELSER, RECORDS)
+
+
+def test_kafka_down_longer_than_the_idle_bound_fails_the_pass_then_the_next_completes(target):
+    """The broker stopped (SIGTERM) and kept down: the pass gives up after the read's idle
+    bound (30 s) with KafkaUnavailableError instead of hanging; after the restart the
+    next pass completes."""
+    topic = target.topics[BEKREFTELSER.table]
+    produce(target.services.brokers, topic, BEKREFTELSER, RECORDS)
+    future = in_thread(lambda: engine_pass(target, BEKREFTELSER, **SMALL_PREFETCH))
+    wait_until(lambda: progress(target, topic) >= 1000, 60, "the pass to commit batches")
+    target.services.signal("kafka", signal.SIGTERM)
+    stopped = time.monotonic()
+    with pytest.raises(KafkaUnavailableError, match="no progress reading"):
+        future.result(timeout=90)
+    gave_up = time.monotonic() - stopped
+    assert gave_up < 45, f"the pass needed {gave_up:.0f}s to give up"
+    with closing(target.connect()) as conn:
+        done = sum(m + 1 for m in assert_consistent(conn, BEKREFTELSER, topic).values())
+    assert 1000 <= done < RECORDS
+
+    target.services.up()
+    report = backup.backup_topic(target.settings(), BEKREFTELSER)
+    assert report.lag == 0 and report.records == RECORDS - done
+    assert_exactly_once(target, BEKREFTELSER, RECORDS)
+
+
+# ------------------------------------------------- 10: locks and timeouts ----
+
+
+def test_a_table_lock_held_by_someone_else_fails_the_pass_after_the_lock_timeout(
+    target, monkeypatch
+):
+    """LOCK TABLE ... ACCESS EXCLUSIVE in another session's open transaction: without a
+    bound the pass would wait forever; with BACKUP_LOCK_TIMEOUT_SECONDS it fails with a
+    clear error (not retried), and once the lock is gone the next pass completes."""
+    monkeypatch.setenv("BACKUP_LOCK_TIMEOUT_SECONDS", "2")
+    topic = target.topics[BEKREFTELSER.table]
+    produce(target.services.brokers, topic, BEKREFTELSER, RECORDS)
+    settings = target.settings(BACKUP_BATCH_SIZE="20")
+    future = in_thread(lambda: backup.backup_topic(settings, BEKREFTELSER))
+    wait_until(lambda: progress(target, topic) >= 1000, 60, "the pass to commit batches")
+    locker = target.connect()
+    try:
+        locker.execute("BEGIN")
+        locker.execute("LOCK TABLE bekreftelser IN ACCESS EXCLUSIVE MODE")
+        locked = time.monotonic()
+        with pytest.raises(BackupError) as failed:
+            future.result(timeout=60)
+        waited = time.monotonic() - locked
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+
+    message = str(failed.value)
+    assert "refused a statement during the backup of" in message
+    assert "lock timeout" in message and "rolled back" in message
+    assert waited < 10, f"the pass waited {waited:.1f}s behind the lock"
+    with closing(target.connect()) as conn:
+        done = sum(m + 1 for m in assert_consistent(conn, BEKREFTELSER, topic).values())
+    assert 1000 <= done < RECORDS
+
+    report = backup.backup_topic(target.settings(), BEKREFTELSER)
+    assert report.lag == 0 and report.records == RECORDS - done
+    assert_exactly_once(target, BEKREFTELSER, RECORDS)
+
+
+def test_a_statement_timeout_rolls_back_the_whole_batch_and_the_next_pass_completes(target):
+    """statement_timeout from DATABASE_URL, and another session holding the HWM rows
+    (SELECT ... FOR UPDATE): a batch COPYs its rows, then waits to move the HWM and is
+    cancelled. Its rows must vanish with it: rows and HWMs stay consistent."""
+    topic = target.topics[HENDELSER.table]
+    produce(target.services.brokers, topic, HENDELSER, RECORDS)
+    timeout_url = target.database_url + "?options=-c%20statement_timeout%3D1500"
+    settings = target.settings(DATABASE_URL=timeout_url, BACKUP_BATCH_SIZE="20")
+    future = in_thread(lambda: backup.backup_topic(settings, HENDELSER))
+    wait_until(lambda: progress(target, topic) >= 1000, 60, "the pass to commit batches")
+    locker = target.connect()
+    try:
+        locker.execute("BEGIN")
+        locker.execute("SELECT * FROM bekreftelse_hwm WHERE kafka_topic = %s FOR UPDATE", (topic,))
+        with pytest.raises(BackupError) as failed:
+            future.result(timeout=60)
+        # While the lock is still held: the cancelled batch left nothing behind.
+        with closing(target.connect()) as conn:
+            done = sum(m + 1 for m in assert_consistent(conn, HENDELSER, topic).values())
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+
+    assert "statement timeout" in str(failed.value)
+    assert 1000 <= done < RECORDS
+    report = backup.backup_topic(target.settings(), HENDELSER)
+    assert report.lag == 0 and report.records == RECORDS - done
+    assert_exactly_once(target, HENDELSER, RECORDS)
+
+
+def test_the_pass_bounds_lock_waits_by_default_and_keeps_a_lock_timeout_from_the_url(
+    target, monkeypatch
+):
+    monkeypatch.delenv("BACKUP_LOCK_TIMEOUT_SECONDS", raising=False)
+    seen = {}
+    for label, url in (
+        ("default", target.database_url),
+        ("from_url", target.database_url + "?options=-c%20lock_timeout%3D1500"),
+    ):
+        settings = target.settings(DATABASE_URL=url)
+        consumer = backup.open_consumer(settings)
+        try:
+            with closing(db.connect(settings, autocommit=True)) as conn:
+                backup.run_pass(conn, consumer, BEKREFTELSER, target.topics["bekreftelser"], 1)
+                seen[label] = conn.execute("SHOW lock_timeout").fetchone()[0]
+        finally:
+            consumer.close()
+    assert seen == {"default": "1min", "from_url": "1500ms"}
+
+
+# ---------------------------------------------------------------- 9: Dagster ----
+
+
+def run_events(server: DagsterServer, run_id: str) -> tuple[str, list[str]]:
+    data = server.graphql(
+        """query ($runId: ID!) { runOrError(runId: $runId) { __typename ... on Run {
+          status eventConnection { events { __typename ... on MessageEvent { message } } }
+        } } }""",
+        {"runId": run_id},
+    )["runOrError"]
+    messages = [e.get("message") or "" for e in data["eventConnection"]["events"]]
+    return data["status"], messages
+
+
+def run_process_pid(server: DagsterServer, run_id: str) -> int | None:
+    """The run worker's pid, from the run's own "Started process for run (pid: N)." event."""
+    _, messages = run_events(server, run_id)
+    for message in messages:
+        if found := re.search(r"Started process for run \(pid: (\d+)\)", message):
+            return int(found[1])
+    return None
+
+
+@pytest.fixture
+def dagster_server(tmp_path, target) -> Iterator[DagsterServer]:
+    storage = target.services.create_database(migrated=False)
+    env = target.env(
+        DAGSTER_PG_URL=storage,
+        BACKUP_SENSOR_INTERVAL_SECONDS="5",
+        BACKUP_BATCH_SIZE="20",
+        BACKUP_VERSION="1",
+    )
+    server = DagsterServer(tmp_path / "dagster_home", env)
+    yield server
+    server.stop()
+
+
+def test_a_run_killed_with_sigkill_is_marked_failed_and_the_topic_recovers(target, dagster_server):
+    """SIGKILL of the process that executes a sensor-launched run, mid-pass: Dagster marks
+    the run FAILURE, the writer slot of the topic is free again (a retry or the next
+    sensor tick runs), and in the end every offset is stored exactly once."""
+    server = dagster_server
+    topic = target.topics[BEKREFTELSER.table]
+    records = 50_000
+    produce(target.services.brokers, topic, BEKREFTELSER, records)
+    server.start()
+    job = f"backup_{BEKREFTELSER.table}"
+
+    def started_run() -> dict[str, Any] | None:
+        return next(
+            (r for r in server.runs() if r["jobName"] == job and r["status"] == "STARTED"), None
+        )
+
+    run = server.wait_for(started_run, 180, "a sensor-launched backup run to start")
+    pid = server.wait_for(lambda: run_process_pid(server, run["runId"]), 60, "the run's pid")
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    assert "python" in cmdline, cmdline
+    wait_until(lambda: progress(target, topic) >= 1000, 60, "the run to commit batches")
+    os.kill(pid, signal.SIGKILL)
+    killed_at = progress(target, topic)
+    assert killed_at < records, "the run finished before it was killed"
+
+    def failed() -> list[str] | None:
+        status, messages = run_events(server, run["runId"])
+        return messages if status == "FAILURE" else None
+
+    messages = server.wait_for(failed, 90, "Dagster to mark the killed run failed")
+    assert any("signal 9" in m for m in messages), messages
+
+    def recovered() -> list[dict[str, Any]] | None:
+        later = [
+            r
+            for r in server.runs()
+            if r["jobName"] == job and r["runId"] != run["runId"] and r["status"] == "SUCCESS"
+        ]
+        with closing(target.connect()) as conn:
+            done = sum(m + 1 for m in hwms(conn, topic).values())
+        return later if later and done == records else None
+
+    later = server.wait_for(recovered, 180, "a later run to finish the backup")
+    print(
+        f"killed run {run['runId']} at {killed_at} of {records} offsets; later runs: "
+        + ", ".join(f"{r['runId']} {r['tags']}" for r in later)
+    )
+    server.wait_for(
+        lambda: not any(r["jobName"] == job and r["status"] == "STARTED" for r in server.runs()),
+        60,
+        "no run of the topic left running",
+    )
+    assert_exactly_once(target, BEKREFTELSER, records)
