@@ -125,6 +125,7 @@ def test_sensor_requests_a_run_on_lag_and_skips_with_lag_0(env, producer, topic_
     (request,) = result.run_requests
     assert request.tags[WRITER_TAG] == "bekreftelser:v1" and request.tags[VERSION_TAG] == "1"
     assert request.run_config["ops"]["bekreftelser"]["config"]["version"] == 1
+    assert request.run_config["ops"]["bekreftelser"]["config"]["max_records"] == 1_000_000
     observation = result.asset_events[0]
     assert observation.metadata["lag"].value == 12
 
@@ -215,3 +216,16 @@ def test_reingestion_waits_for_its_window(env, producer, topic_names):
     night = datetime(2026, 1, 1, 23, 0, tzinfo=UTC)
     result = evaluate(context, BEKREFTELSER, view, 100, "22:00-06:00", now=night)
     assert [r.tags[VERSION_TAG] for r in result.run_requests] == ["2"]
+
+
+def test_the_backup_job_runs_its_checks_but_not_the_sample_verify(env, producer, topic_names):
+    produce(producer, topic_names[BEKREFTELSER.table], good_records(BEKREFTELSER, 5))
+    job = defs.resolve_job_def("backup_bekreftelser")
+    result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    assert set(checks_by_name(result)) == {
+        "caught_up",
+        "no_quarantined_records",
+        "no_retention_gaps",
+        "offsets_accounted_for",
+    }

@@ -6,6 +6,7 @@ from datetime import timedelta
 import dagster as dg
 
 from backup_pipeline import logs
+from backup_pipeline.orchestration.jobs import RUN_CHECKS
 from backup_pipeline.orchestration.resources import BackupEngine, RunOutcome
 from backup_pipeline.report import PassReport
 from backup_pipeline.topics import TOPICS, TopicSpec, ValueFormat
@@ -103,10 +104,7 @@ PARTITION_SCHEMA = dg.TableSchema(
 )
 
 
-CAUGHT_UP = "caught_up"
-NO_QUARANTINE = "no_quarantined_records"
-NO_GAPS = "no_retention_gaps"
-ACCOUNTED = "offsets_accounted_for"
+CAUGHT_UP, NO_QUARANTINE, NO_GAPS, ACCOUNTED = RUN_CHECKS
 
 # Without new records there are no runs, so a long quiet spell is not an error by itself:
 # warn after two hours without a materialization, fail after a day.

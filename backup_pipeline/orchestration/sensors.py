@@ -69,6 +69,7 @@ def evaluate(
     backfill_run_records: int,
     backfill_window: str,
     now: datetime | None = None,
+    run_max_records: int | None = None,
 ) -> dg.SensorResult:
     """The decision of one tick, separate from I/O so it reads as the policy it is."""
     state = view.state
@@ -101,7 +102,7 @@ def evaluate(
     elif busy:
         reasons.append(f"lag {view.serving_lag}, but run {busy} is still active")
     else:
-        requests.append(_run_request(spec, state.serving, None, {}))
+        requests.append(_run_request(spec, state.serving, run_max_records, {}))
 
     if state.reingesting:
         events.append(
@@ -165,6 +166,7 @@ def lag_sensor(spec: TopicSpec) -> dg.SensorDefinition:
             view,
             settings.backup_backfill_run_records,
             settings.backup_backfill_window,
+            run_max_records=settings.backup_run_max_records,
         )
 
     return _sensor
