@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from typing import cast
 
@@ -13,7 +14,7 @@ from confluent_kafka import Consumer
 from backup_pipeline import db, hwm, source, writer
 from backup_pipeline.errors import BackupError, ConfigError
 from backup_pipeline.kafka_config import consumer_config
-from backup_pipeline.records import KafkaMessage
+from backup_pipeline.records import KafkaMessage, MappedBatch, map_messages
 from backup_pipeline.report import PartitionReport, PassReport
 from backup_pipeline.retry import (
     DEFAULT_LOCK_TIMEOUT_SECONDS,
@@ -149,33 +150,67 @@ def _run_locked(
         plan.start[partition] = part.hwm_after + 1
         plan.end[partition] = marks.end
 
-    for batch in source.read(
-        consumer,
-        topic,
-        plan,
-        batch_size=batch_size,
-        batch_bytes=batch_bytes,
-        max_records=max_records,
-    ):
-        moves = {
-            p: (by_partition[p].hwm_after, new)
-            for p, new in batch.hwms.items()
-            if new != by_partition[p].hwm_after
-        }
-        mapped = writer.write_batch(
-            conn, spec, topic, version, cast(list[KafkaMessage], batch.messages), moves
-        )
-        for partition, (_, new) in moves.items():
-            by_partition[partition].hwm_after = new
-        for partition, (rows, quarantined, warnings) in mapped.per_partition.items():
-            part = by_partition[partition]
-            part.rows += rows
-            part.quarantined += quarantined
-            part.warnings += warnings
-        for partition, count in batch.no_record.items():
-            by_partition[partition].no_record += count
-        report.batches += 1
-        report.bytes_read += batch.size_bytes
+    # Reading and mapping batch k+1 overlaps with writing batch k (on a second thread, on
+    # the pass's connection, which the main thread does not touch meanwhile). At most one
+    # write is in flight and the next is submitted only after it committed, so batches
+    # commit in order and a crash still loses at most the one uncommitted batch.
+    planned = {p: part.hwm_after for p, part in by_partition.items()}
+    in_flight: tuple[Future[MappedBatch], dict[int, tuple[int, int]], source.Batch] | None = None
+
+    def settle() -> None:
+        nonlocal in_flight
+        if in_flight is None:
+            return
+        future, moves, batch = in_flight
+        in_flight = None
+        _account(report, by_partition, moves, future.result(), batch)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-writer") as pool:
+        try:
+            for batch in source.read(
+                consumer,
+                topic,
+                plan,
+                batch_size=batch_size,
+                batch_bytes=batch_bytes,
+                max_records=max_records,
+            ):
+                moves = {p: (planned[p], new) for p, new in batch.hwms.items() if new != planned[p]}
+                messages = cast(list[KafkaMessage], batch.messages)
+                mapped = map_messages(messages, spec.value_format, version, topic)
+                settle()
+                planned.update({p: new for p, (_, new) in moves.items()})
+                future = pool.submit(
+                    writer.write_mapped, conn, spec, topic, version, messages, mapped, moves
+                )
+                in_flight = (future, moves, batch)
+            settle()
+        finally:
+            # On the way out with an error, a write already in flight still finishes (or
+            # fails) before the connection is released; count it if it committed.
+            if in_flight is not None and in_flight[0].exception() is None:
+                settle()
+
+
+def _account(
+    report: PassReport,
+    by_partition: dict[int, PartitionReport],
+    moves: dict[int, tuple[int, int]],
+    mapped: MappedBatch,
+    batch: source.Batch,
+) -> None:
+    """Fold a committed batch into the report."""
+    for partition, (_, new) in moves.items():
+        by_partition[partition].hwm_after = new
+    for partition, (rows, quarantined, warnings) in mapped.per_partition.items():
+        part = by_partition[partition]
+        part.rows += rows
+        part.quarantined += quarantined
+        part.warnings += warnings
+    for partition, count in batch.no_record.items():
+        by_partition[partition].no_record += count
+    report.batches += 1
+    report.bytes_read += batch.size_bytes
 
 
 def _bound_lock_waits(conn: psycopg.Connection, seconds: float) -> None:

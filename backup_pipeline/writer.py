@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import set_json_dumps
+from psycopg.types.json import Jsonb, set_json_dumps
 
 from backup_pipeline import failpoints, hwm
 from backup_pipeline.records import (
@@ -53,7 +53,13 @@ def _insert_one(
         sql.SQL(", ").join(sql.Identifier(c) for c, _ in cols),
         sql.SQL(", ").join(sql.SQL("%s::") + sql.SQL(t) for _, t in cols),
     )
-    cur.execute(statement, row)
+    # RawJson is bytes, which psycopg would send as bytea; Jsonb sends it as JSON text
+    # (the cursor's json dumps passes the bytes through).
+    values = [
+        Jsonb(v) if t == "jsonb" and v is not None else v
+        for v, (_, t) in zip(row, cols, strict=True)
+    ]
+    cur.execute(statement, values)
 
 
 def write_batch(
@@ -71,6 +77,19 @@ def write_batch(
     and the refused rows go to quarantine with the server's message: never a stall.
     """
     mapped = map_messages(messages, spec.value_format, version, topic)
+    return write_mapped(conn, spec, topic, version, messages, mapped, hwm_moves)
+
+
+def write_mapped(
+    conn: psycopg.Connection,
+    spec: TopicSpec,
+    topic: str,
+    version: int,
+    messages: list[KafkaMessage],
+    mapped: MappedBatch,
+    hwm_moves: dict[int, tuple[int, int]],
+) -> MappedBatch:
+    """write_batch for a batch mapped already (the pass maps the next batch meanwhile)."""
     try:
         _write(conn, spec, topic, version, mapped, hwm_moves)
     except psycopg.DataError as exc:

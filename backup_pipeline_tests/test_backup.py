@@ -280,3 +280,19 @@ def test_large_values_are_stored(settings, db, services):
     report = backup_topic(settings, BEKREFTELSER)
     assert report.rows == 1
     assert bytes(db.execute("SELECT data FROM bekreftelser").fetchone()[0]) == value
+
+
+def test_a_row_postgresql_refuses_is_quarantined_and_the_rest_of_its_batch_stored(
+    settings, db, producer
+):
+    topic = settings.topic(HENDELSER)
+    good = good_records(HENDELSER, 4)
+    # Valid JSON that Python accepts but jsonb cannot hold: only the server knows.
+    refused = DemoRecord(key(7), b'{"arbeidssoekerId":1,"x":1e1000000}', [("traceparent", b"t")])
+    produce(producer, topic, [good[0], good[1], refused, good[2], good[3]], partition=0)
+    report = backup_topic(settings, HENDELSER)
+    assert (report.rows, report.quarantined) == (4, 1)
+    (q,) = quarantined(db, topic)
+    assert q[1] == 2 and "refused by PostgreSQL" in q[2] and "numeric" in q[2]
+    assert [o for _, o in stored_offsets(db, "bekreftelse_hendelser")] == [0, 1, 3, 4]
+    assert hwms(db, topic)[0] == 4
