@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import psycopg
 from confluent_kafka import Consumer
 
-from backup_pipeline import hwm, source
+from backup_pipeline import hwm, source, status
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,7 @@ def version_state(
     snapshot: dict[int, source.Watermarks] | None = None,
 ) -> VersionState:
     if snapshot is None:
-        snapshot = {
-            p: source.watermarks(consumer, topic, p, timeout)
-            for p in source.partitions(consumer, topic, timeout)
-        }
+        snapshot = status.snapshot(consumer, topic, timeout)
     partitions = sorted(snapshot)
     target_hwms = hwm.read(conn, target, topic)
     lag = total = done = 0

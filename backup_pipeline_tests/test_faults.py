@@ -29,7 +29,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from backup_pipeline import backup, db
@@ -42,6 +42,7 @@ from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TOPICS, TopicSpec, spec_for_table
 from backup_pipeline.topics_admin import create_topics
 from backup_pipeline_tests.dagster_server import DagsterServer
+from backup_pipeline_tests.helpers import end_offsets
 
 REPO = Path(__file__).resolve().parent.parent
 BEKREFTELSER = spec_for_table("bekreftelser")
@@ -231,23 +232,6 @@ def produce(brokers: str, topic: str, spec: TopicSpec, n: int, seed: int = 1) ->
                 producer.poll(0.1)
         producer.poll(0)
     assert producer.flush(60) == 0
-
-
-def end_offsets(brokers: str, topic: str, partitions: int = 3) -> dict[int, int]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": brokers,
-            "group.id": "fault-probe",
-            "isolation.level": "read_committed",
-        }
-    )
-    try:
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
-            for p in range(partitions)
-        }
-    finally:
-        consumer.close()
 
 
 def accounted(conn: psycopg.Connection, spec: TopicSpec, topic: str) -> list[tuple[int, int]]:
