@@ -76,11 +76,11 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
             # Tells us where readable records end when the last offsets are markers.
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
-            # Bound the prefetch queue so memory does not grow with the backlog: 8 MB is
-            # ~25k typical records, far more than a 5000-record batch needs in flight, and
-            # still holds a 1 MB record (the broker's default maximum) several times over.
-            "queued.max.messages.kbytes": 8192,
-            "fetch.max.bytes": 8 * 1024 * 1024,
+            # Bound the prefetch queue so memory does not grow with the backlog. Measured
+            # here: 8 MB halves the read rate (91k vs 214k records/s), 32 MB costs ~50 MB
+            # of RSS more; the pass peaks near 160 MB whatever the backlog.
+            "queued.max.messages.kbytes": 32768,
+            "fetch.max.bytes": 16 * 1024 * 1024,
             # At a partition's end the broker holds a fetch this long before answering
             # "nothing new": short, so a pass that is nearly caught up ends promptly.
             "fetch.wait.max.ms": 100,
