@@ -14,6 +14,7 @@ from psycopg.types.json import Jsonb, set_json_dumps
 from backup_pipeline import failpoints, hwm
 from backup_pipeline.records import (
     QUARANTINE_COLUMNS,
+    JsonbWire,
     KafkaMessage,
     MappedBatch,
     columns,
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def _dumps(obj: Any) -> bytes | str:
-    # RawJson (bytes) is JSON text already: pass it through instead of re-serialising.
+    # JSON text given as bytes is serialised already: pass it through.
     return obj if isinstance(obj, bytes) else json.dumps(obj)
 
 
@@ -40,7 +41,9 @@ def _copy(
         sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(c) for c, _ in cols)
     )
     with cur.copy(statement) as copy:
-        copy.set_types([t for _, t in cols])
+        # jsonb values arrive as JsonbWire (jsonb's binary format already): psycopg
+        # passes them through as bytea and the server reads them as jsonb.
+        copy.set_types(["bytea" if t == "jsonb" else t for _, t in cols])
         for row in rows:
             copy.write_row(row)
 
@@ -53,12 +56,9 @@ def _insert_one(
         sql.SQL(", ").join(sql.Identifier(c) for c, _ in cols),
         sql.SQL(", ").join(sql.SQL("%s::") + sql.SQL(t) for _, t in cols),
     )
-    # RawJson is bytes, which psycopg would send as bytea; Jsonb sends it as JSON text
-    # (the cursor's json dumps passes the bytes through).
-    values = [
-        Jsonb(v) if t == "jsonb" and v is not None else v
-        for v, (_, t) in zip(row, cols, strict=True)
-    ]
+    # A parameter is sent as text: the JSON text of a JsonbWire, wrapped in Jsonb (the
+    # cursor's json dumps passes the bytes through).
+    values = [Jsonb(v.json) if isinstance(v, JsonbWire) else v for v in row]
     cur.execute(statement, values)
 
 
