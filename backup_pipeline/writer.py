@@ -31,12 +31,13 @@ def _dumps(obj: Any) -> bytes | str:
     return obj if isinstance(obj, bytes) else json.dumps(obj)
 
 
-def _copy(
+def copy_rows(
     cur: psycopg.Cursor,
     table: str,
     cols: Sequence[tuple[str, str]],
     rows: Sequence[tuple[Any, ...]],
 ) -> None:
+    """Binary COPY of mapped rows (the benchmark's raw-COPY baseline uses it too)."""
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(c) for c, _ in cols)
     )
@@ -111,10 +112,10 @@ def _write(
     with conn.transaction(), conn.cursor() as cur:
         set_json_dumps(_dumps, context=cur)
         if mapped.rows:
-            _copy(cur, spec.table, columns(spec.value_format), mapped.rows)
+            copy_rows(cur, spec.table, columns(spec.value_format), mapped.rows)
         failpoints.hit("rows_copied")
         if mapped.quarantine:
-            _copy(cur, "backup_quarantine", QUARANTINE_COLUMNS, mapped.quarantine)
+            copy_rows(cur, "backup_quarantine", QUARANTINE_COLUMNS, mapped.quarantine)
         hwm.advance(conn, version, topic, hwm_moves)
         failpoints.hit("before_commit")
     failpoints.hit("after_commit")
@@ -153,7 +154,7 @@ def _write_row_by_row(
                 counts[0] -= 1
                 counts[1] += 1
         if result.quarantine:
-            _copy(cur, "backup_quarantine", QUARANTINE_COLUMNS, result.quarantine)
+            copy_rows(cur, "backup_quarantine", QUARANTINE_COLUMNS, result.quarantine)
         hwm.advance(conn, version, topic, hwm_moves)
     return result
 

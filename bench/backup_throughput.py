@@ -49,8 +49,14 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 from psycopg.types.json import Jsonb, set_json_dumps  # noqa: E402
 
 from backup_pipeline.demo_data import good_record  # noqa: E402
-from backup_pipeline.records import KafkaMessage, columns, map_messages  # noqa: E402
+from backup_pipeline.records import (  # noqa: E402
+    JsonbWire,
+    KafkaMessage,
+    columns,
+    map_messages,
+)
 from backup_pipeline.topics import TOPICS, TopicSpec, spec_for_table  # noqa: E402
+from backup_pipeline.writer import copy_rows  # noqa: E402
 
 TARGET_COPY_RATIO = 0.75  # backup records/s >= 0.75 x raw COPY records/s
 TARGET_PER_RECORD_RATIO = 20.0  # backup records/s >= 20 x per-record transactions
@@ -311,24 +317,13 @@ def read_rows(brokers: str, topic: str, spec: TopicSpec) -> list[tuple[Any, ...]
 # ------------------------------------------------------------------ baselines ----
 
 
-def _passthrough(obj: Any) -> bytes | str:
-    # Rows carry JSON text already (records.RawJson): send it as it is, like the writer.
-    return obj if isinstance(obj, bytes) else json.dumps(obj)
-
-
 def time_copy(url: str, spec: TopicSpec, rows: Sequence[tuple[Any, ...]]) -> float:
     """Seconds for one binary COPY of ``rows`` plus its commit (rows are built already)."""
     cols = columns(spec.value_format)
-    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        sql.Identifier(spec.table), sql.SQL(", ").join(sql.Identifier(c) for c, _ in cols)
-    )
     with psycopg.connect(url) as conn, conn.cursor() as cur:
-        set_json_dumps(_passthrough, context=cur)
         started = time.perf_counter()
-        with cur.copy(statement) as copy:
-            copy.set_types([t for _, t in cols])
-            for row in rows:
-                copy.write_row(row)
+        # The writer's own COPY, so the baseline is the fastest COPY this code knows.
+        copy_rows(cur, spec.table, cols, rows)
         conn.commit()
         elapsed = time.perf_counter() - started
         cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(spec.table)))
@@ -348,17 +343,15 @@ def time_per_record(
         sql.SQL(", ").join(sql.Identifier(c) for c, _ in cols),
         sql.SQL(", ").join(sql.SQL("%s::") + sql.SQL(t) for _, t in cols),
     )
-    jsonb_at = [i for i, (_, t) in enumerate(cols) if t == "jsonb"]
-    params = [
-        tuple(Jsonb(v) if i in jsonb_at and v is not None else v for i, v in enumerate(row))
-        for row in rows
-    ]
+    # Parameters go as text: the JSON text of each jsonb value (rows carry jsonb's wire
+    # format), passed through by the json dumps below.
+    params = [tuple(Jsonb(v.json) if isinstance(v, JsonbWire) else v for v in row) for row in rows]
     update = (
         "UPDATE bekreftelse_hwm SET kafka_offset = %s "
         "WHERE version = %s AND kafka_topic = %s AND kafka_partition = %s"
     )
     with psycopg.connect(url) as conn:
-        set_json_dumps(_passthrough, context=conn)
+        set_json_dumps(lambda obj: obj if isinstance(obj, bytes) else json.dumps(obj), context=conn)
         conn.execute(
             "INSERT INTO bekreftelse_hwm (version, kafka_partition, kafka_offset, kafka_topic) "
             "SELECT %s, p, -1, %s FROM generate_series(0, 2) AS p",
