@@ -186,7 +186,7 @@ def _run_locked(
                 settle()
                 planned.update({p: new for p, (_, new) in moves.items()})
                 future = pool.submit(
-                    writer.write_mapped, conn, spec, topic, version, messages, mapped, moves
+                    writer.write_batch, conn, spec, topic, version, messages, mapped, moves
                 )
                 in_flight = (future, moves, batch)
             settle()

@@ -4,43 +4,18 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
 from contextlib import closing
-from functools import wraps
-from typing import Any
 
 import click
 import pandas as pd
-import psycopg
 from confluent_kafka.admin import AdminClient
 
 from backup_pipeline import backup, db, logs, migrate, status
+from backup_pipeline.cli_common import friendly_errors, maybe_migrate
 from backup_pipeline.cli_restore import restore_command, verify_command
-from backup_pipeline.errors import BackupError
 from backup_pipeline.kafka_config import admin_config
 from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TABLES, TOPICS, spec_for_table
-
-
-def _friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Our own errors are one readable line (no stack trace, no secrets) and exit 2."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except BackupError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-        except psycopg.errors.UndefinedTable as exc:
-            click.echo(
-                f"error: {exc.diag.message_primary}: the database is not migrated; "
-                "run `backup-pipeline migrate`",
-                err=True,
-            )
-            sys.exit(2)
-
-    return wrapper
 
 
 @click.group()
@@ -55,7 +30,7 @@ def _settings() -> Settings:
 
 
 @main.command("migrate")
-@_friendly_errors
+@friendly_errors
 def migrate_command() -> None:
     """Apply pending schema migrations (idempotent)."""
     settings = _settings()
@@ -64,11 +39,6 @@ def migrate_command() -> None:
         click.echo(f"schema is up to date at revision {after} ({db.describe(settings)})")
     else:
         click.echo(f"migrated {db.describe(settings)} from {before or 'empty'} to {after}")
-
-
-def _maybe_migrate(settings: Settings, skip: bool) -> None:
-    if settings.backup_auto_migrate and not skip:
-        migrate.migrate(settings)
 
 
 @main.command("backup")
@@ -86,11 +56,11 @@ def _maybe_migrate(settings: Settings, skip: bool) -> None:
     help="Stop each pass after this many records (default BACKUP_MAX_RECORDS_PER_PASS).",
 )
 @click.option("--no-migrate", is_flag=True, help="Do not apply pending migrations first.")
-@_friendly_errors
+@friendly_errors
 def backup_command(tables: tuple[str, ...], max_records: int | None, no_migrate: bool) -> None:
     """Run one backup pass per topic and print the report."""
     settings = _settings()
-    _maybe_migrate(settings, no_migrate)
+    maybe_migrate(settings, no_migrate)
     failed = False
     for spec in TOPICS:
         if tables and spec.table not in tables:
@@ -103,7 +73,7 @@ def backup_command(tables: tuple[str, ...], max_records: int | None, no_migrate:
 
 
 @main.command("status")
-@_friendly_errors
+@friendly_errors
 def status_command() -> None:
     """Per topic and partition: HWM, end offset, lag, quarantined and lost records."""
     settings = _settings()
@@ -140,7 +110,7 @@ def status_command() -> None:
 
 @main.command("create-topics")
 @click.option("--partitions", default=3, show_default=True)
-@_friendly_errors
+@friendly_errors
 def create_topics_command(partitions: int) -> None:
     """Create the three topics if they don't exist (for the demo and local testing)."""
     from backup_pipeline.topics_admin import create_topics
@@ -160,7 +130,7 @@ def create_topics_command(partitions: int) -> None:
     show_default=True,
     help="Share of awkward records (tombstones, bad JSON, short keys, ...).",
 )
-@_friendly_errors
+@friendly_errors
 def demo_producer_command(rate: float, seconds: float | None, awkward_share: float) -> None:
     """Write realistic records to the three topics until stopped."""
     from backup_pipeline import demo

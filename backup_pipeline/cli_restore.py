@@ -8,23 +8,12 @@ from typing import Any
 
 import click
 
-from backup_pipeline import migrate
-from backup_pipeline.errors import BackupError
+from backup_pipeline.cli_common import friendly_errors, maybe_migrate
 from backup_pipeline.restore import RestoreReport, RestoreRequest, restore, resume
 from backup_pipeline.restore_source import Selection
-from backup_pipeline.settings import Settings, load_settings
+from backup_pipeline.settings import load_settings
 from backup_pipeline.topics import TABLES
 from backup_pipeline.verify import verify
-
-
-def _fail(exc: BackupError) -> None:
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(2)
-
-
-def _maybe_migrate(settings: Settings, skip: bool) -> None:
-    if settings.backup_auto_migrate and not skip:
-        migrate.migrate(settings)
 
 
 def _parse_offsets(values: tuple[str, ...]) -> dict[int, tuple[int | None, int | None]]:
@@ -97,6 +86,7 @@ _DATETIME = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%
 @click.option("--resume", "resume_run", type=int, default=None, help="Carry on run RUN_ID.")
 @click.option("--max-records", type=int, default=0, help="Stop after this many (resumable).")
 @click.option("--no-migrate", is_flag=True, help="Do not apply pending migrations first.")
+@friendly_errors
 def restore_command(
     table: str | None,
     source_topic: str | None,
@@ -122,7 +112,7 @@ def restore_command(
     bar = _Bar()
     try:
         settings = load_settings()
-        _maybe_migrate(settings, no_migrate)
+        maybe_migrate(settings, no_migrate)
         report: RestoreReport
         if resume_run is not None:
             report = resume(settings, resume_run, progress=bar, max_records=max_records)
@@ -146,11 +136,8 @@ def restore_command(
                 force=force,
             )
             report = restore(settings, request, progress=bar, max_records=max_records)
-    except BackupError as exc:
+    finally:
         bar.close()
-        _fail(exc)
-        return
-    bar.close()
     click.echo(report.summary())
     if report.status != "completed":
         click.echo(f"resume with: backup-pipeline restore --resume {report.run_id}")
@@ -164,6 +151,7 @@ def restore_command(
 @click.option("--partition", "partitions", type=int, multiple=True, help="Only these.")
 @click.option("--sample", type=int, default=0, help="Check N random offsets per partition.")
 @click.option("--seed", type=int, default=None, help="Random seed for --sample.")
+@friendly_errors
 def verify_command(
     table: str | None,
     source_topic: str | None,
@@ -176,20 +164,16 @@ def verify_command(
     """Compare the backup with a topic (the live one or a restored one), per offset."""
     if not (table or source_topic):
         raise click.UsageError("give --table or --topic")
-    try:
-        report = verify(
-            load_settings(),
-            table,
-            source_topic=source_topic,
-            topic=against,
-            version=version,
-            partitions=partitions or None,
-            sample=sample,
-            seed=seed,
-        )
-    except BackupError as exc:
-        _fail(exc)
-        return
+    report = verify(
+        load_settings(),
+        table,
+        source_topic=source_topic,
+        topic=against,
+        version=version,
+        partitions=partitions or None,
+        sample=sample,
+        seed=seed,
+    )
     click.echo(report.summary())
     if not report.ok:
         sys.exit(1)

@@ -24,6 +24,7 @@ TRACEPARENT_HEADER = "traceparent"
 TRACEPARENT_MAX_CHARS = 58  # varchar(58) in the seed
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LONG = struct.Struct(">q")  # Kafka LongSerializer: 8 bytes, big-endian, signed
 
 
 class KafkaMessage(Protocol):
@@ -74,7 +75,7 @@ def decode_key(key: bytes | None) -> int | None:
     """The signed 64-bit big-endian key written by Kafka's LongSerializer, or None."""
     if key is None or len(key) != 8:
         return None
-    return int.from_bytes(key, "big", signed=True)
+    return int(_LONG.unpack(key)[0])
 
 
 @functools.lru_cache(maxsize=1024)
@@ -206,22 +207,20 @@ def quarantine_row(version: int, topic: str, message: KafkaMessage, reason: str)
     )
 
 
-_LONG = struct.Struct(">q")
-
-
 def map_messages(
     messages: list[KafkaMessage], value_format: ValueFormat, version: int, topic: str
 ) -> MappedBatch:
     """Map a batch; every message ends up as exactly one row or one quarantine row.
 
     This loop runs once per record and is most of a pass's Python time (bench/), so it
-    inlines the common case of each helper above and counts with plain dict lookups.
+    counts with plain dict lookups and converts a timestamp once per distinct value.
     """
     batch = MappedBatch()
     rows, per_partition = batch.rows, batch.per_partition
     is_json = value_format is ValueFormat.JSON_EVENT
-    unpack_long = _LONG.unpack
-    last_millis, last_stamp = None, None
+    last_timestamp: tuple[int, int] | None = None
+    stamp: datetime | None = None
+    stamp_type: int | None = None
     for message in messages:
         partition = message.partition()
         assert partition is not None
@@ -232,7 +231,8 @@ def map_messages(
         value = message.value()
         reason = None
         person = None
-        if key is None or len(key) != 8:
+        record_key = decode_key(key)
+        if record_key is None:
             reason = (
                 "record key is null"
                 if key is None
@@ -251,26 +251,23 @@ def map_messages(
         if dropped:
             batch.warnings += 1
             counts[2] += 1
-        kind, millis = message.timestamp()
-        if millis != last_millis:
-            # Records of a burst share their millisecond: reuse the datetime.
-            last_millis = millis
-            last_stamp = (
-                None if kind == 0 or millis < 0 else _EPOCH + timedelta(milliseconds=millis)
-            )
-        stamp_type = kind if last_stamp is not None else None
-        assert key is not None and value is not None
+        timestamp = message.timestamp()
+        if timestamp != last_timestamp:
+            # Records of a burst share their timestamp: reuse the datetime.
+            last_timestamp = timestamp
+            stamp, stamp_type = kafka_timestamp(timestamp)
+        assert value is not None
         if is_json:
             rows.append(
                 (
                     version,
                     partition,
                     message.offset(),
-                    unpack_long(key)[0],
+                    record_key,
                     person,
                     trace,
                     jsonb_wire(value),
-                    last_stamp,
+                    stamp,
                     stamp_type,
                     jsonb_wire(encode_headers(headers)),
                     value,
@@ -282,10 +279,10 @@ def map_messages(
                     version,
                     partition,
                     message.offset(),
-                    unpack_long(key)[0],
+                    record_key,
                     trace,
                     value,
-                    last_stamp,
+                    stamp,
                     stamp_type,
                     jsonb_wire(encode_headers(headers)),
                 )

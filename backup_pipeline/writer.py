@@ -18,7 +18,6 @@ from backup_pipeline.records import (
     KafkaMessage,
     MappedBatch,
     columns,
-    map_messages,
     quarantine_row,
 )
 from backup_pipeline.topics import TopicSpec
@@ -69,28 +68,16 @@ def write_batch(
     topic: str,
     version: int,
     messages: list[KafkaMessage],
-    hwm_moves: dict[int, tuple[int, int]],
-) -> MappedBatch:
-    """Store a batch and move the HWMs in one transaction; return what went where.
-
-    If PostgreSQL refuses a row that the mapping let through (something only the server
-    knows, e.g. a number out of numeric's range), the batch is written again row by row
-    and the refused rows go to quarantine with the server's message: never a stall.
-    """
-    mapped = map_messages(messages, spec.value_format, version, topic)
-    return write_mapped(conn, spec, topic, version, messages, mapped, hwm_moves)
-
-
-def write_mapped(
-    conn: psycopg.Connection,
-    spec: TopicSpec,
-    topic: str,
-    version: int,
-    messages: list[KafkaMessage],
     mapped: MappedBatch,
     hwm_moves: dict[int, tuple[int, int]],
 ) -> MappedBatch:
-    """write_batch for a batch mapped already (the pass maps the next batch meanwhile)."""
+    """Store a mapped batch and move the HWMs in one transaction; return what went where.
+
+    The pass maps the next batch (records.map_messages) while this one is written. If
+    PostgreSQL refuses a row that the mapping let through (something only the server
+    knows, e.g. a number out of numeric's range), the batch is written again row by row
+    and the refused rows go to quarantine with the server's message: never a stall.
+    """
     try:
         _write(conn, spec, topic, version, mapped, hwm_moves)
     except psycopg.DataError as exc:
