@@ -16,7 +16,7 @@ from confluent_kafka import Consumer
 from backup_pipeline import db, hwm, source, writer
 from backup_pipeline.errors import BackupError, ConfigError
 from backup_pipeline.kafka_config import consumer_config
-from backup_pipeline.records import KafkaMessage, MappedBatch, map_messages
+from backup_pipeline.records import KafkaMessage, MappedBatch, columns, map_messages
 from backup_pipeline.report import PartitionReport, PassReport
 from backup_pipeline.retry import (
     DEFAULT_LOCK_TIMEOUT_SECONDS,
@@ -38,7 +38,7 @@ def run_pass(
     topic: str,
     version: int,
     *,
-    batch_size: int = 5000,
+    batch_size: int = 20_000,
     batch_bytes: int = 16 * 1024 * 1024,
     max_records: int = 0,
     lock_wait_seconds: float = 0.0,
@@ -152,8 +152,9 @@ def _run_locked(
         plan.start[partition] = part.hwm_after + 1
         plan.end[partition] = marks.end
 
-    # Reading and mapping batch k+1 overlaps with writing batch k (on a second thread, on
-    # the pass's connection, which the main thread does not touch meanwhile). At most one
+    # Reading, mapping and COPY-encoding batch k+1 overlaps with writing batch k (on a
+    # second thread, on the pass's connection, which the main thread does not touch
+    # meanwhile). At most one
     # write is in flight and the next is submitted only after it committed, so batches
     # commit in order and a crash still loses at most the one uncommitted batch.
     planned = {p: part.hwm_after for p, part in by_partition.items()}
@@ -167,6 +168,7 @@ def _run_locked(
         in_flight = None
         _account(report, by_partition, moves, future.result(), batch)
 
+    encoder = writer.CopyEncoder(conn, columns(spec.value_format))
     with (
         _cyclic_gc_paused(),
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-writer") as pool,
@@ -183,10 +185,11 @@ def _run_locked(
                 moves = {p: (planned[p], new) for p, new in batch.hwms.items() if new != planned[p]}
                 messages = cast(list[KafkaMessage], batch.messages)
                 mapped = map_messages(messages, spec.value_format, version, topic)
+                stream = encoder.encode(mapped.rows) if mapped.rows else None
                 settle()
                 planned.update({p: new for p, (_, new) in moves.items()})
                 future = pool.submit(
-                    writer.write_batch, conn, spec, topic, version, messages, mapped, moves
+                    writer.write_batch, conn, spec, topic, version, messages, mapped, moves, stream
                 )
                 in_flight = (future, moves, batch)
             settle()

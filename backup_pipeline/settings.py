@@ -47,7 +47,7 @@ class Settings(BaseModel):
         default=CURRENT_VERSION, ge=0, le=32767, validation_alias="BACKUP_VERSION"
     )
     backup_batch_size: int = Field(
-        default=5000, ge=1, le=1_000_000, validation_alias="BACKUP_BATCH_SIZE"
+        default=20_000, ge=1, le=1_000_000, validation_alias="BACKUP_BATCH_SIZE"
     )
     backup_batch_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024, validation_alias="BACKUP_BATCH_BYTES"

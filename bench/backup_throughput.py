@@ -548,7 +548,7 @@ def verdict(ok: bool) -> str:
 
 
 def print_report(args: argparse.Namespace, results: list[TableResult]) -> bool:
-    batch = args.batch_size or "default (BACKUP_BATCH_SIZE unset: 5000)"
+    batch = args.batch_size or "default (BACKUP_BATCH_SIZE unset: 20000)"
     print()
     print(
         f"backup throughput: {args.records:,} records per table, 3 partitions, "
