@@ -186,6 +186,9 @@ def _run_locked(
                 messages = cast(list[KafkaMessage], batch.messages)
                 mapped = map_messages(messages, spec.value_format, version, topic)
                 stream = encoder.encode(mapped.rows) if mapped.rows else None
+                # The stream holds the rows now: free the tuples (and their jsonb copies)
+                # before the next batch is read. A refused batch is mapped again.
+                mapped.rows = []
                 settle()
                 planned.update({p: new for p, (_, new) in moves.items()})
                 future = pool.submit(

@@ -87,6 +87,7 @@ def read(
     last_seen = {p: plan.start[p] - 1 for p in remaining}
     size = 0
     total = 0
+    total_bytes = 0
     last_progress = time.monotonic()
 
     def skipped(partition: int, upto: int) -> None:
@@ -105,9 +106,21 @@ def read(
     try:
         while remaining:
             want = min(1000, batch_size - len(messages))
+            if total_bytes:
+                # Take no more records than fit in what is left of batch_bytes at the
+                # average size so far: with 200 KB values, 1000 records at once would
+                # overshoot a 16 MB batch twelvefold (measured: 1.4 GB peak RSS).
+                average = total_bytes / total
+                want = min(want, max(1, int((batch_bytes - size) / average)))
             if max_records:
                 want = min(want, max_records - total)
-            polled = consumer.consume(num_messages=want, timeout=0.5)
+            # Take only what librdkafka has queued already (its queue is bounded by
+            # queued.max.messages.kbytes); wait only when it is empty, and then for one
+            # record. A blocking consume() of N records keeps fetching while it waits
+            # and handed back 200 MB at once with 200 KB values.
+            polled = consumer.consume(num_messages=want, timeout=0)
+            if not polled:
+                polled = consumer.consume(num_messages=1, timeout=0.5)
             for message in polled:
                 partition = cast(int, message.partition())
                 error = message.error()
@@ -134,7 +147,9 @@ def read(
                     skipped(partition, offset)
                 last_seen[partition] = offset
                 moved[partition] = offset
-                size += len(message.value() or b"") + len(message.key() or b"")
+                record_bytes = len(message.value() or b"") + len(message.key() or b"")
+                size += record_bytes
+                total_bytes += record_bytes
                 total += 1
                 if offset >= end - 1:
                     finish(partition, offset)

@@ -20,6 +20,7 @@ from backup_pipeline.records import (
     KafkaMessage,
     MappedBatch,
     columns,
+    map_messages,
     quarantine_row,
 )
 from backup_pipeline.topics import TopicSpec
@@ -76,21 +77,21 @@ class CopyEncoder:
         self._cursor = conn.cursor()
         self._types = _copy_types(cols)
 
-    def encode(self, rows: Sequence[tuple[Any, ...]]) -> bytes:
+    def encode(self, rows: Sequence[tuple[Any, ...]]) -> memoryview:
         buffer = io.BytesIO()
         with psycopg.Copy(self._cursor, binary=True, writer=FileWriter(buffer)) as copy:
             copy.set_types(self._types)
             for row in rows:
                 copy.write_row(row)
-        return buffer.getvalue()
+        return buffer.getbuffer()  # a view, not a copy: a batch can be tens of MB
 
 
 def copy_encoded(
-    cur: psycopg.Cursor, table: str, cols: Sequence[tuple[str, str]], stream: bytes
+    cur: psycopg.Cursor, table: str, cols: Sequence[tuple[str, str]], stream: memoryview
 ) -> None:
     """COPY a stream made by CopyEncoder (signature, rows and trailer included)."""
     with cur.copy(_copy_statement(table, cols)) as copy:
-        copy.write(memoryview(stream))  # libpq gets it in 128 KB slices, no copies
+        copy.write(stream)  # psycopg hands it to libpq in 128 KB slices of the view
 
 
 def _insert_one(
@@ -115,16 +116,15 @@ def write_batch(
     messages: list[KafkaMessage],
     mapped: MappedBatch,
     hwm_moves: dict[int, tuple[int, int]],
-    rows_stream: bytes | None = None,
+    rows_stream: memoryview | None,
 ) -> MappedBatch:
     """Store a mapped batch and move the HWMs in one transaction; return what went where.
 
-    ``rows_stream`` is ``mapped.rows`` already encoded by a CopyEncoder (the pass's fast
-    path); without it the rows are encoded here. The pass maps the next batch
-    (records.map_messages) while this one is written. If
-    PostgreSQL refuses a row that the mapping let through (something only the server
-    knows, e.g. a number out of numeric's range), the batch is written again row by row
-    and the refused rows go to quarantine with the server's message: never a stall.
+    ``rows_stream`` is the batch's rows encoded by a CopyEncoder (None: no rows); the pass
+    maps and encodes the next batch while this one is written. If PostgreSQL refuses a
+    row that the mapping let through (something only the server knows, e.g. a number out
+    of numeric's range), the batch is mapped again and written row by row, and the refused
+    rows go to quarantine with the server's message: never a stall.
     """
     try:
         _write(conn, spec, topic, version, mapped, hwm_moves, rows_stream)
@@ -132,7 +132,7 @@ def write_batch(
         log.warning(
             "batch refused by PostgreSQL (%s); isolating the refused rows", exc.diag.message_primary
         )
-        mapped = _write_row_by_row(conn, spec, topic, version, messages, mapped, hwm_moves)
+        mapped = _write_row_by_row(conn, spec, topic, version, messages, hwm_moves)
     return mapped
 
 
@@ -143,15 +143,11 @@ def _write(
     version: int,
     mapped: MappedBatch,
     hwm_moves: dict[int, tuple[int, int]],
-    rows_stream: bytes | None,
+    rows_stream: memoryview | None,
 ) -> None:
-    cols = columns(spec.value_format)
     with conn.transaction(), conn.cursor() as cur:
-        set_json_dumps(_dumps, context=cur)
         if rows_stream is not None:
-            copy_encoded(cur, spec.table, cols, rows_stream)
-        elif mapped.rows:
-            copy_rows(cur, spec.table, cols, mapped.rows)
+            copy_encoded(cur, spec.table, columns(spec.value_format), rows_stream)
         failpoints.hit("rows_copied")
         if mapped.quarantine:
             copy_rows(cur, "backup_quarantine", QUARANTINE_COLUMNS, mapped.quarantine)
@@ -166,9 +162,10 @@ def _write_row_by_row(
     topic: str,
     version: int,
     messages: list[KafkaMessage],
-    mapped: MappedBatch,
     hwm_moves: dict[int, tuple[int, int]],
 ) -> MappedBatch:
+    # The pass dropped the batch's row tuples once they were encoded; map them again.
+    mapped = map_messages(messages, spec.value_format, version, topic)
     by_offset = {(m.partition(), m.offset()): m for m in messages}
     cols = columns(spec.value_format)
     result = MappedBatch(

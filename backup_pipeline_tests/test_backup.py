@@ -282,6 +282,25 @@ def test_large_values_are_stored(settings, db, services):
     assert bytes(db.execute("SELECT data FROM bekreftelser").fetchone()[0]) == value
 
 
+def test_batches_stay_within_batch_bytes_when_values_are_large(settings, db, services):
+    # Memory is bounded by the batch size in bytes: 200 values of 50 KB with a 1 MB
+    # limit must come as ~10 transactions, not as one chunk of whatever Kafka had ready.
+    import os as _os
+
+    topic = settings.topic(BEKREFTELSER)
+    big = Producer({"bootstrap.servers": services["KAFKA_BROKERS"], "linger.ms": 50})
+    for i in range(200):
+        big.produce(topic, key=key(i), value=_os.urandom(50_000), partition=0)
+    big.flush(30)
+    limited = settings.model_copy(update={"backup_batch_bytes": 1_000_000})
+    report = backup_topic(limited, BEKREFTELSER)
+    assert report.rows == 200 and report.lag == 0
+    assert report.bytes_read == 200 * (50_000 + 8)
+    # At most one record over the limit per batch: 10 MB / (1 MB + 50 KB) > 9 batches.
+    assert report.batches >= 10
+    assert [o for _, o in stored_offsets(db, "bekreftelser")] == list(range(200))
+
+
 def test_a_row_postgresql_refuses_is_quarantined_and_the_rest_of_its_batch_stored(
     settings, db, producer
 ):
