@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from typing import cast
 
 import psycopg
@@ -27,6 +27,7 @@ from backup_pipeline.retry import (
 )
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TopicSpec
+from backup_pipeline.writer_lanes import WriterLanes
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,13 @@ def run_pass(
     topic: str,
     version: int,
     *,
-    batch_size: int = 20_000,
-    batch_bytes: int = 16 * 1024 * 1024,
+    batch_size: int = 10_000,
+    batch_bytes: int = 8 * 1024 * 1024,
     max_records: int = 0,
     lock_wait_seconds: float = 0.0,
     kafka_timeout: float = 10.0,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
+    extra_connections: tuple[psycopg.Connection, ...] = (),
 ) -> PassReport:
     """Back up ``topic`` into ``spec.table`` from each partition's HWM to its end offset.
 
@@ -51,9 +53,10 @@ def run_pass(
     pass, and each batch is its own explicit transaction. ``lock_timeout`` (seconds, 0 =
     none) bounds how long a statement waits for a lock someone else holds on a table.
     """
-    if not conn.autocommit:
-        conn.autocommit = True
-    _bound_lock_waits(conn, lock_timeout)
+    for c in (conn, *extra_connections):
+        if not c.autocommit:
+            c.autocommit = True
+        _bound_lock_waits(c, lock_timeout)
     started = time.monotonic()
     report = PassReport(topic=topic, table=spec.table, version=version)
     partitions = source.partitions(consumer, topic, kafka_timeout)
@@ -80,6 +83,7 @@ def run_pass(
             batch_bytes=batch_bytes,
             max_records=max_records,
             kafka_timeout=kafka_timeout,
+            extra_connections=extra_connections,
         )
     finally:
         lock.release()
@@ -101,6 +105,7 @@ def _run_locked(
     batch_bytes: int,
     max_records: int,
     kafka_timeout: float,
+    extra_connections: tuple[psycopg.Connection, ...],
 ) -> None:
     hwms = hwm.read(conn, version, topic)
     plan = source.ReadPlan()
@@ -152,55 +157,47 @@ def _run_locked(
         plan.start[partition] = part.hwm_after + 1
         plan.end[partition] = marks.end
 
-    # Reading, mapping and COPY-encoding batch k+1 overlaps with writing batch k (on a
-    # second thread, on the pass's connection, which the main thread does not touch
-    # meanwhile). At most one
-    # write is in flight and the next is submitted only after it committed, so batches
-    # commit in order and a crash still loses at most the one uncommitted batch.
+    # Reading, mapping and COPY-encoding the next batch (this thread) overlaps with
+    # writing the ones before it (a writer thread per connection; the main thread does
+    # not touch those connections meanwhile). Batches commit in order: writer_lanes.
     planned = {p: part.hwm_after for p, part in by_partition.items()}
-    in_flight: tuple[Future[MappedBatch], dict[int, tuple[int, int]], source.Batch] | None = None
-
-    def settle() -> None:
-        nonlocal in_flight
-        if in_flight is None:
-            return
-        future, moves, batch = in_flight
-        in_flight = None
-        _account(report, by_partition, moves, future.result(), batch)
-
     encoder = writer.CopyEncoder(conn, columns(spec.value_format))
+
+    def settled(tag: tuple[dict[int, tuple[int, int]], source.Batch], mapped: MappedBatch) -> None:
+        _account(report, by_partition, tag[0], mapped, tag[1])
+
     with (
         _cyclic_gc_paused(),
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-writer") as pool,
+        WriterLanes([conn, *extra_connections], settled) as lanes,
     ):
-        try:
-            for batch in source.read(
-                consumer,
-                topic,
-                plan,
-                batch_size=batch_size,
-                batch_bytes=batch_bytes,
-                max_records=max_records,
-            ):
-                moves = {p: (planned[p], new) for p, new in batch.hwms.items() if new != planned[p]}
-                messages = cast(list[KafkaMessage], batch.messages)
-                mapped = map_messages(messages, spec.value_format, version, topic)
-                stream = encoder.encode(mapped.rows) if mapped.rows else None
-                # The stream holds the rows now: free the tuples (and their jsonb copies)
-                # before the next batch is read. A refused batch is mapped again.
-                mapped.rows = []
-                settle()
-                planned.update({p: new for p, (_, new) in moves.items()})
-                future = pool.submit(
-                    writer.write_batch, conn, spec, topic, version, messages, mapped, moves, stream
-                )
-                in_flight = (future, moves, batch)
-            settle()
-        finally:
-            # On the way out with an error, a write already in flight still finishes (or
-            # fails) before the connection is released; count it if it committed.
-            if in_flight is not None and in_flight[0].exception() is None:
-                settle()
+        for batch in source.read(
+            consumer,
+            topic,
+            plan,
+            batch_size=batch_size,
+            batch_bytes=batch_bytes,
+            max_records=max_records,
+        ):
+            moves = {p: (planned[p], new) for p, new in batch.hwms.items() if new != planned[p]}
+            messages = cast(list[KafkaMessage], batch.messages)
+            mapped = map_messages(messages, spec.value_format, version, topic)
+            stream = encoder.encode(mapped.rows) if mapped.rows else None
+            # The stream holds the rows now: free the tuples (and their jsonb copies)
+            # before the next batch is read. A refused batch is mapped again.
+            mapped.rows = []
+            planned.update({p: new for p, (_, new) in moves.items()})
+            job = functools.partial(
+                writer.write_batch,
+                spec=spec,
+                topic=topic,
+                version=version,
+                messages=messages,
+                mapped=mapped,
+                hwm_moves=moves,
+                rows_stream=stream,
+            )
+            lanes.submit(job, (moves, batch))
+        lanes.finish()
 
 
 @contextmanager
@@ -294,16 +291,14 @@ def _backup_topic_once(
 ) -> PassReport:
     consumer = open_consumer(settings)
     try:
-        try:
-            conn = db.connect(settings, autocommit=True)
-        except ConfigError:
-            raise
-        except BackupError as exc:  # the server is down or refuses connections: retry
-            raise DatabaseUnavailableError(str(exc)) from None
-        with closing(conn):
+        with ExitStack() as stack:
+            connections = [
+                stack.enter_context(closing(_connect(settings)))
+                for _ in range(settings.backup_writer_connections)
+            ]
             try:
                 return run_pass(
-                    conn,
+                    connections[0],
                     consumer,
                     spec,
                     topic,
@@ -316,16 +311,26 @@ def _backup_topic_once(
                     lock_wait_seconds=lock_wait_seconds,
                     kafka_timeout=settings.kafka_timeout_seconds,
                     lock_timeout=lock_timeout,
+                    extra_connections=tuple(connections[1:]),
                 )
             except psycopg.OperationalError as exc:
-                raise _database_error(exc, conn, settings, topic, version) from None
+                raise _database_error(exc, connections, settings, topic, version) from None
     finally:
         consumer.close()
 
 
+def _connect(settings: Settings) -> psycopg.Connection:
+    try:
+        return db.connect(settings, autocommit=True)
+    except ConfigError:
+        raise
+    except BackupError as exc:  # the server is down or refuses connections: retry
+        raise DatabaseUnavailableError(str(exc)) from None
+
+
 def _database_error(
     exc: psycopg.OperationalError,
-    conn: psycopg.Connection,
+    connections: list[psycopg.Connection],
     settings: Settings,
     topic: str,
     version: int,
@@ -336,11 +341,11 @@ def _database_error(
     or statement timeout is not: the batch was rolled back and the same wait would follow.
     """
     reason = db.redact(" ".join(str(exc).split()), settings).rstrip(".")
-    lost = conn.broken or conn.closed
+    lost = any(conn.broken or conn.closed for conn in connections)
     cls = DatabaseUnavailableError if lost else BackupError
     what = "lost the connection" if lost else "refused a statement"
     return cls(
         f"PostgreSQL {db.describe(settings)} {what} during the backup of {topic} version "
-        f"{version}: {reason}. The batch in flight was rolled back; batches committed "
-        "before it are kept and the next pass resumes from their HWM"
+        f"{version}: {reason}. The batches in flight were rolled back; batches committed "
+        "before them are kept and the next pass resumes from their HWM"
     )

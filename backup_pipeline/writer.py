@@ -6,6 +6,7 @@ import io
 import json
 import logging
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import psycopg
@@ -14,6 +15,7 @@ from psycopg.copy import FileWriter
 from psycopg.types.json import Jsonb, set_json_dumps
 
 from backup_pipeline import failpoints, hwm
+from backup_pipeline.errors import BackupError
 from backup_pipeline.records import (
     QUARANTINE_COLUMNS,
     JsonbWire,
@@ -110,6 +112,8 @@ def _insert_one(
 
 def write_batch(
     conn: psycopg.Connection,
+    after: Future[MappedBatch] | None,
+    *,
     spec: TopicSpec,
     topic: str,
     version: int,
@@ -120,6 +124,9 @@ def write_batch(
 ) -> MappedBatch:
     """Store a mapped batch and move the HWMs in one transaction; return what went where.
 
+    ``after`` is the write of the batch before this one (writer_lanes): the HWMs move and
+    the transaction commits only once that one committed; if it failed, this one rolls back.
+
     ``rows_stream`` is the batch's rows encoded by a CopyEncoder (None: no rows); the pass
     maps and encodes the next batch while this one is written. If PostgreSQL refuses a
     row that the mapping let through (something only the server knows, e.g. a number out
@@ -127,12 +134,12 @@ def write_batch(
     rows go to quarantine with the server's message: never a stall.
     """
     try:
-        _write(conn, spec, topic, version, mapped, hwm_moves, rows_stream)
+        _write(conn, spec, topic, version, mapped, hwm_moves, rows_stream, after)
     except psycopg.DataError as exc:
         log.warning(
             "batch refused by PostgreSQL (%s); isolating the refused rows", exc.diag.message_primary
         )
-        mapped = _write_row_by_row(conn, spec, topic, version, messages, hwm_moves)
+        mapped = _write_row_by_row(conn, spec, topic, version, messages, hwm_moves, after)
     return mapped
 
 
@@ -144,6 +151,7 @@ def _write(
     mapped: MappedBatch,
     hwm_moves: dict[int, tuple[int, int]],
     rows_stream: memoryview | None,
+    after: Future[MappedBatch] | None,
 ) -> None:
     with conn.transaction(), conn.cursor() as cur:
         if rows_stream is not None:
@@ -151,6 +159,7 @@ def _write(
         failpoints.hit("rows_copied")
         if mapped.quarantine:
             copy_rows(cur, "backup_quarantine", QUARANTINE_COLUMNS, mapped.quarantine)
+        _wait_for(after)
         hwm.advance(conn, version, topic, hwm_moves)
         failpoints.hit("before_commit")
     failpoints.hit("after_commit")
@@ -163,6 +172,7 @@ def _write_row_by_row(
     version: int,
     messages: list[KafkaMessage],
     hwm_moves: dict[int, tuple[int, int]],
+    after: Future[MappedBatch] | None,
 ) -> MappedBatch:
     # The pass dropped the batch's row tuples once they were encoded; map them again.
     mapped = map_messages(messages, spec.value_format, version, topic)
@@ -191,8 +201,15 @@ def _write_row_by_row(
                 counts[1] += 1
         if result.quarantine:
             copy_rows(cur, "backup_quarantine", QUARANTINE_COLUMNS, result.quarantine)
+        _wait_for(after)
         hwm.advance(conn, version, topic, hwm_moves)
     return result
+
+
+def _wait_for(previous: Future[MappedBatch] | None) -> None:
+    """Commit only after the previous batch committed: HWMs move in batch order."""
+    if previous is not None and previous.exception() is not None:
+        raise BackupError("the previous batch was not stored; this one was rolled back")
 
 
 def record_gap(

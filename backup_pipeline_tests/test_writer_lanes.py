@@ -1,0 +1,121 @@
+"""Batches written on several connections still commit in order, against real PostgreSQL."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from concurrent.futures import Future
+
+import psycopg
+import pytest
+
+from backup_pipeline import hwm, writer
+from backup_pipeline.errors import BackupError
+from backup_pipeline.records import MappedBatch, columns, map_messages
+from backup_pipeline.topics import spec_for_table
+from backup_pipeline.writer_lanes import WriterLanes
+from backup_pipeline_tests.fakes import FakeMessage
+from backup_pipeline_tests.helpers import hwms, key, stored_offsets
+
+BEKREFTELSER = spec_for_table("bekreftelser")
+TOPIC = "lanes.bekreftelser"
+
+
+def _job(conn: psycopg.Connection, offsets: range, old_hwm: int) -> functools.partial:
+    """The pass's write of one batch of records at ``offsets`` of partition 0."""
+    messages = [FakeMessage(key(o), b"value %d" % o, offset_=o) for o in offsets]
+    mapped = map_messages(messages, BEKREFTELSER.value_format, 1, TOPIC)
+    stream = writer.CopyEncoder(conn, columns(BEKREFTELSER.value_format)).encode(mapped.rows)
+    mapped.rows = []
+    return functools.partial(
+        writer.write_batch,
+        spec=BEKREFTELSER,
+        topic=TOPIC,
+        version=1,
+        messages=messages,
+        mapped=mapped,
+        hwm_moves={0: (old_hwm, offsets[-1])},
+        rows_stream=stream,
+    )
+
+
+@pytest.fixture
+def connections(database_url):
+    conns = [psycopg.connect(database_url, autocommit=True) for _ in range(2)]
+    hwm.ensure_rows(conns[0], 1, TOPIC, [0])
+    yield conns
+    for conn in conns:
+        conn.close()
+
+
+def test_a_batch_commits_only_after_the_batch_before_it(connections, db):
+    # The first batch is slow to start; the second, on the other connection, is ready
+    # first. Had it moved the HWM at once, its compare-and-set (9 -> 19) would have
+    # failed against the HWM still at -1.
+    first, second = _job(connections[0], range(0, 10), -1), _job(connections[1], range(10, 20), 9)
+
+    def slow_first(conn, after):
+        time.sleep(0.5)
+        return first(conn, after)
+
+    settled: list[str] = []
+    with WriterLanes(connections, lambda tag, _: settled.append(tag)) as lanes:
+        lanes.submit(slow_first, "first")
+        lanes.submit(second, "second")
+        lanes.finish()
+    assert settled == ["first", "second"]
+    assert [o for _, o in stored_offsets(db, "bekreftelser")] == list(range(20))
+    assert hwms(db, TOPIC) == {0: 19}
+
+
+def test_a_batch_after_a_failed_one_rolls_back(connections, db):
+    failed: Future[MappedBatch] = Future()
+    failed.set_exception(psycopg.OperationalError("connection lost"))
+    job = _job(connections[1], range(10, 20), 9)
+    with pytest.raises(BackupError, match="previous batch was not stored"):
+        job(connections[1], failed)
+    assert stored_offsets(db, "bekreftelser") == []
+    assert hwms(db, TOPIC) == {0: -1}
+
+
+def test_lanes_report_the_first_failure_and_only_the_batches_that_committed(connections, db):
+    def broken(conn, after):
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    settled: list[str] = []
+    with (
+        pytest.raises(psycopg.OperationalError, match="server closed"),
+        WriterLanes(connections, lambda tag, _: settled.append(tag)) as lanes,
+    ):
+        lanes.submit(_job(connections[0], range(0, 10), -1), "first")
+        lanes.submit(broken, "broken")
+        lanes.submit(_job(connections[0], range(20, 30), 19), "after broken")
+        lanes.finish()
+    assert settled == ["first"]
+    assert [o for _, o in stored_offsets(db, "bekreftelser")] == list(range(10))
+    assert hwms(db, TOPIC) == {0: 9}
+
+
+def test_lanes_keep_at_most_one_batch_in_flight_per_connection():
+    running = 0
+    most = 0
+    guard = threading.Lock()
+
+    def job(conn, after):
+        nonlocal running, most
+        with guard:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.02)
+        with guard:
+            running -= 1
+        return MappedBatch()
+
+    settled: list[int] = []
+    with WriterLanes([object(), object()], lambda tag, _: settled.append(tag)) as lanes:  # type: ignore[list-item]
+        for number in range(10):
+            lanes.submit(job, number)
+        lanes.finish()
+    assert settled == list(range(10))
+    assert most == 2
