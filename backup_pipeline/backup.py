@@ -6,7 +6,7 @@ import functools
 import gc
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
 from typing import cast
 
@@ -31,6 +31,10 @@ from backup_pipeline.writer_lanes import WriterLanes
 
 log = logging.getLogger(__name__)
 
+# What the report needs of a batch once it committed: HWM moves, bytes read, offsets
+# without a record per partition (not the records: those are freed once stored).
+_BatchTag = tuple[dict[int, tuple[int, int]], int, dict[int, int]]
+
 
 def run_pass(
     conn: psycopg.Connection,
@@ -45,18 +49,17 @@ def run_pass(
     lock_wait_seconds: float = 0.0,
     kafka_timeout: float = 10.0,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
-    extra_connections: tuple[psycopg.Connection, ...] = (),
+    more_connections: Callable[[], Sequence[psycopg.Connection]] | None = None,
 ) -> PassReport:
     """Back up ``topic`` into ``spec.table`` from each partition's HWM to its end offset.
 
     ``conn`` must be a dedicated autocommit connection: it holds the writer lock for the
     pass, and each batch is its own explicit transaction. ``lock_timeout`` (seconds, 0 =
     none) bounds how long a statement waits for a lock someone else holds on a table.
+    ``more_connections`` opens further connections to write on (writer_lanes), called once
+    the lock is held, so a pass that skips or waits holds only one.
     """
-    for c in (conn, *extra_connections):
-        if not c.autocommit:
-            c.autocommit = True
-        _bound_lock_waits(c, lock_timeout)
+    _prepare(conn, lock_timeout)
     started = time.monotonic()
     report = PassReport(topic=topic, table=spec.table, version=version)
     partitions = source.partitions(consumer, topic, kafka_timeout)
@@ -71,6 +74,9 @@ def run_pass(
         log.info(report.skipped)
         return report
     try:
+        extra = list(more_connections()) if more_connections else []
+        for other in extra:
+            _prepare(other, lock_timeout)
         _run_locked(
             conn,
             consumer,
@@ -83,7 +89,7 @@ def run_pass(
             batch_bytes=batch_bytes,
             max_records=max_records,
             kafka_timeout=kafka_timeout,
-            extra_connections=extra_connections,
+            extra_connections=extra,
         )
     finally:
         lock.release()
@@ -105,7 +111,7 @@ def _run_locked(
     batch_bytes: int,
     max_records: int,
     kafka_timeout: float,
-    extra_connections: tuple[psycopg.Connection, ...],
+    extra_connections: list[psycopg.Connection],
 ) -> None:
     hwms = hwm.read(conn, version, topic)
     plan = source.ReadPlan()
@@ -163,8 +169,8 @@ def _run_locked(
     planned = {p: part.hwm_after for p, part in by_partition.items()}
     encoder = writer.CopyEncoder(conn, columns(spec.value_format))
 
-    def settled(tag: tuple[dict[int, tuple[int, int]], source.Batch], mapped: MappedBatch) -> None:
-        _account(report, by_partition, tag[0], mapped, tag[1])
+    def settled(tag: _BatchTag, mapped: MappedBatch) -> None:
+        _account(report, by_partition, mapped, *tag)
 
     with (
         _cyclic_gc_paused(),
@@ -196,7 +202,9 @@ def _run_locked(
                 hwm_moves=moves,
                 rows_stream=stream,
             )
-            lanes.submit(job, (moves, batch))
+            lanes.submit(job, (moves, batch.size_bytes, batch.no_record))
+            # Only the writer keeps the batch now, until it is stored.
+            del batch, messages, mapped, stream, job
         lanes.finish()
 
 
@@ -217,9 +225,10 @@ def _cyclic_gc_paused() -> Iterator[None]:
 def _account(
     report: PassReport,
     by_partition: dict[int, PartitionReport],
-    moves: dict[int, tuple[int, int]],
     mapped: MappedBatch,
-    batch: source.Batch,
+    moves: dict[int, tuple[int, int]],
+    size_bytes: int,
+    no_record: dict[int, int],
 ) -> None:
     """Fold a committed batch into the report."""
     for partition, (_, new) in moves.items():
@@ -229,10 +238,16 @@ def _account(
         part.rows += rows
         part.quarantined += quarantined
         part.warnings += warnings
-    for partition, count in batch.no_record.items():
+    for partition, count in no_record.items():
         by_partition[partition].no_record += count
     report.batches += 1
-    report.bytes_read += batch.size_bytes
+    report.bytes_read += size_bytes
+
+
+def _prepare(conn: psycopg.Connection, lock_timeout: float) -> None:
+    if not conn.autocommit:
+        conn.autocommit = True
+    _bound_lock_waits(conn, lock_timeout)
 
 
 def _bound_lock_waits(conn: psycopg.Connection, seconds: float) -> None:
@@ -292,10 +307,13 @@ def _backup_topic_once(
     consumer = open_consumer(settings)
     try:
         with ExitStack() as stack:
-            connections = [
-                stack.enter_context(closing(_connect(settings)))
-                for _ in range(settings.backup_writer_connections)
-            ]
+            connections = [stack.enter_context(closing(_connect(settings)))]
+
+            def more_connections() -> list[psycopg.Connection]:
+                for _ in range(settings.backup_writer_connections - 1):
+                    connections.append(stack.enter_context(closing(_connect(settings))))
+                return connections[1:]
+
             try:
                 return run_pass(
                     connections[0],
@@ -311,7 +329,7 @@ def _backup_topic_once(
                     lock_wait_seconds=lock_wait_seconds,
                     kafka_timeout=settings.kafka_timeout_seconds,
                     lock_timeout=lock_timeout,
-                    extra_connections=tuple(connections[1:]),
+                    more_connections=more_connections,
                 )
             except psycopg.OperationalError as exc:
                 raise _database_error(exc, connections, settings, topic, version) from None

@@ -1,6 +1,7 @@
 """Crash injection for the kill tests: SIGKILL this process at a named point.
 
-``BACKUP_PIPELINE_FAILPOINT=<name>:<n>`` kills the process the n-th time ``hit(name)`` runs.
+``BACKUP_PIPELINE_FAILPOINT=<name>:<n>`` kills the process the n-th time ``hit(name)`` runs
+(counted over all writer connections of the process).
 Unset (always, outside tests) it costs one dict lookup per batch.
 """
 
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 _hits: dict[str, int] = {}
+_lock = threading.Lock()  # writer threads of several connections hit the same points
 
 
 def hit(name: str) -> None:
@@ -19,6 +22,8 @@ def hit(name: str) -> None:
     target, _, count = spec.partition(":")
     if target != name:
         return
-    _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] >= int(count or 1):
+    with _lock:
+        _hits[name] = _hits.get(name, 0) + 1
+        reached = _hits[name] >= int(count or 1)
+    if reached:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -128,7 +128,12 @@ def kafka_timestamp(timestamp: tuple[int, int]) -> tuple[datetime | None, int | 
     kind, millis = timestamp
     if kind == 0 or millis < 0:  # TIMESTAMP_NOT_AVAILABLE
         return None, None
-    return _EPOCH + timedelta(milliseconds=millis), kind
+    try:
+        return _EPOCH + timedelta(milliseconds=millis), kind
+    except OverflowError:
+        # A producer may set any long; after the year 9999 Python has no datetime for it.
+        # The record is still stored (with a NULL timestamp, counted as a warning).
+        return None, None
 
 
 def _reject_constant(name: str) -> Any:
@@ -221,6 +226,7 @@ def map_messages(
     last_timestamp: tuple[int, int] | None = None
     stamp: datetime | None = None
     stamp_type: int | None = None
+    stamp_dropped = False
     for message in messages:
         partition = message.partition()
         assert partition is not None
@@ -256,6 +262,10 @@ def map_messages(
             # Records of a burst share their timestamp: reuse the datetime.
             last_timestamp = timestamp
             stamp, stamp_type = kafka_timestamp(timestamp)
+            stamp_dropped = stamp is None and timestamp[0] != 0 and timestamp[1] >= 0
+        if stamp_dropped:
+            batch.warnings += 1
+            counts[2] += 1
         assert value is not None
         if is_json:
             rows.append(

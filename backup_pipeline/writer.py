@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import psycopg
@@ -15,7 +16,7 @@ from psycopg.copy import FileWriter
 from psycopg.types.json import Jsonb, set_json_dumps
 
 from backup_pipeline import failpoints, hwm
-from backup_pipeline.errors import BackupError
+from backup_pipeline.errors import BackupError, ConcurrentWriterError
 from backup_pipeline.records import (
     QUARANTINE_COLUMNS,
     JsonbWire,
@@ -70,14 +71,16 @@ class CopyEncoder:
     idle meanwhile (measured in bench/: the pass went from 0.57 to 0.75 of a raw COPY).
 
     It uses psycopg's own encoder (``Copy`` with a ``FileWriter``) on a cursor it creates
-    before any write starts; that cursor never sends anything. Its dumpers are created on
-    the first batch, before the writer thread has work, and reused afterwards, so the
-    encoder never reads the connection while the writer thread uses it.
+    before any write starts; that cursor never sends anything. Its dumpers are created at
+    construction, before any writer thread exists (a varchar dumper reads the connection's
+    client encoding when it is made), and reused afterwards, so the encoder never touches
+    the connection while a writer thread uses it.
     """
 
     def __init__(self, conn: psycopg.Connection, cols: Sequence[tuple[str, str]]) -> None:
         self._cursor = conn.cursor()
         self._types = _copy_types(cols)
+        self.encode(())  # makes and caches the dumpers now, on this thread
 
     def encode(self, rows: Sequence[tuple[Any, ...]]) -> memoryview:
         buffer = io.BytesIO()
@@ -134,13 +137,36 @@ def write_batch(
     rows go to quarantine with the server's message: never a stall.
     """
     try:
-        _write(conn, spec, topic, version, mapped, hwm_moves, rows_stream, after)
+        try:
+            _write(conn, spec, topic, version, mapped, hwm_moves, rows_stream, after)
+        except _PredecessorStillRunning:
+            # Rolled back, so it holds no lock the batch before it could be waiting for
+            # (PostgreSQL cannot see a wait between our threads, so it would never break
+            # such a cycle). Write it again once that batch is done.
+            _wait_for(after)
+            _write(conn, spec, topic, version, mapped, hwm_moves, rows_stream, None)
     except psycopg.DataError as exc:
         log.warning(
             "batch refused by PostgreSQL (%s); isolating the refused rows", exc.diag.message_primary
         )
-        mapped = _write_row_by_row(conn, spec, topic, version, messages, hwm_moves, after)
+        _wait_for(after)  # before the slow path opens its transaction, for the same reason
+        mapped = _write_row_by_row(conn, spec, topic, version, messages, hwm_moves)
+    except psycopg.errors.UniqueViolation:
+        raise ConcurrentWriterError(
+            f"rows of this batch of {topic} version {version} are stored already (another "
+            "writer?); the batch was rolled back"
+        ) from None
     return mapped
+
+
+# How long a batch, its rows copied, waits in its transaction for the batch before it to
+# commit. Normally that one is done already (it started first); a longer wait means it is
+# blocked, possibly behind a lock request that waits for this transaction's locks.
+PREDECESSOR_PATIENCE_SECONDS = 10.0
+
+
+class _PredecessorStillRunning(Exception):
+    pass
 
 
 def _write(
@@ -159,7 +185,7 @@ def _write(
         failpoints.hit("rows_copied")
         if mapped.quarantine:
             copy_rows(cur, "backup_quarantine", QUARANTINE_COLUMNS, mapped.quarantine)
-        _wait_for(after)
+        _wait_for(after, PREDECESSOR_PATIENCE_SECONDS)
         hwm.advance(conn, version, topic, hwm_moves)
         failpoints.hit("before_commit")
     failpoints.hit("after_commit")
@@ -172,7 +198,6 @@ def _write_row_by_row(
     version: int,
     messages: list[KafkaMessage],
     hwm_moves: dict[int, tuple[int, int]],
-    after: Future[MappedBatch] | None,
 ) -> MappedBatch:
     # The pass dropped the batch's row tuples once they were encoded; map them again.
     mapped = map_messages(messages, spec.value_format, version, topic)
@@ -201,14 +226,19 @@ def _write_row_by_row(
                 counts[1] += 1
         if result.quarantine:
             copy_rows(cur, "backup_quarantine", QUARANTINE_COLUMNS, result.quarantine)
-        _wait_for(after)
         hwm.advance(conn, version, topic, hwm_moves)
     return result
 
 
-def _wait_for(previous: Future[MappedBatch] | None) -> None:
-    """Commit only after the previous batch committed: HWMs move in batch order."""
-    if previous is not None and previous.exception() is not None:
+def _wait_for(previous: Future[MappedBatch] | None, timeout: float | None = None) -> None:
+    """Go on only once the previous batch committed: HWMs move in batch order."""
+    if previous is None:
+        return
+    try:
+        failed = previous.exception(timeout)
+    except FutureTimeout:
+        raise _PredecessorStillRunning from None
+    if failed is not None:
         raise BackupError("the previous batch was not stored; this one was rolled back")
 
 

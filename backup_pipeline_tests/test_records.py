@@ -50,6 +50,17 @@ def test_the_last_traceparent_counts():
     assert (trace, dropped) == (TP.decode(), False)
 
 
+def test_a_timestamp_beyond_year_9999_is_stored_as_null_with_a_warning():
+    # Kafka accepts any long as CreateTime; the record must not stall the pass.
+    far = FakeMessage(KEY, EVENT, [("traceparent", TP)], timestamp_=(1, 2**62))
+    batch = one(far, ValueFormat.BYTES)
+    assert len(batch.rows) == 1 and batch.quarantine == []
+    assert batch.rows[0][6:8] == (None, None)  # kafka_timestamp, kafka_timestamp_type
+    assert batch.warnings == 1 and batch.per_partition[0] == [1, 0, 1]
+    normal = one(FakeMessage(KEY, EVENT, [("traceparent", TP)]), ValueFormat.BYTES)
+    assert normal.warnings == 0 and normal.rows[0][7] == 1
+
+
 def test_no_traceparent_is_null_without_a_warning():
     assert records.traceparent([("x", b"y")]) == (None, False)
     assert records.traceparent(None) == (None, False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 import time
 from concurrent.futures import Future
@@ -80,6 +81,8 @@ def test_a_batch_after_a_failed_one_rolls_back(connections, db):
 
 
 def test_lanes_report_the_first_failure_and_only_the_batches_that_committed(connections, db):
+    # The batch after the broken one would pass the HWM compare-and-set on its own
+    # (9 -> 19 with the HWM at 9): only the wait for its predecessor stops it.
     def broken(conn, after):
         raise psycopg.OperationalError("server closed the connection unexpectedly")
 
@@ -90,24 +93,63 @@ def test_lanes_report_the_first_failure_and_only_the_batches_that_committed(conn
     ):
         lanes.submit(_job(connections[0], range(0, 10), -1), "first")
         lanes.submit(broken, "broken")
-        lanes.submit(_job(connections[0], range(20, 30), 19), "after broken")
+        lanes.submit(_job(connections[0], range(10, 20), 9), "after broken")
         lanes.finish()
     assert settled == ["first"]
     assert [o for _, o in stored_offsets(db, "bekreftelser")] == list(range(10))
     assert hwms(db, TOPIC) == {0: 9}
 
 
-def test_lanes_keep_at_most_one_batch_in_flight_per_connection():
+def test_a_batch_whose_predecessor_is_blocked_gives_up_its_locks_and_writes_later(
+    connections, db, monkeypatch
+):
+    # PostgreSQL cannot see one of our threads waiting for another, so a batch must not
+    # sit on its locks while the batch before it is blocked (maybe by a session that
+    # waits for exactly those locks): it rolls back and writes again afterwards.
+    monkeypatch.setattr(writer, "PREDECESSOR_PATIENCE_SECONDS", 0.2)
+    predecessor: Future[MappedBatch] = Future()
+    second = _job(connections[1], range(10, 20), 9)
+    result: list[MappedBatch] = []
+    thread = threading.Thread(
+        target=lambda: result.append(second(connections[1], predecessor)), daemon=True
+    )
+    thread.start()
+    try:
+        time.sleep(1.0)
+        # The second batch holds no lock on the table now: a strong lock is granted at once.
+        with db.transaction():
+            db.execute("SET LOCAL lock_timeout = '1s'")
+            db.execute("LOCK TABLE bekreftelser IN ACCESS EXCLUSIVE MODE")
+        assert thread.is_alive()
+        # The predecessor commits (here by hand), then the second batch goes in.
+        _job(connections[0], range(0, 10), -1)(connections[0], None)
+        predecessor.set_result(MappedBatch())
+    finally:
+        if not predecessor.done():  # never leave the thread waiting when the test fails
+            predecessor.set_exception(RuntimeError("test failed"))
+        thread.join(10)
+    assert result and result[0].per_partition == {0: [10, 0, 0]}
+    assert [o for _, o in stored_offsets(db, "bekreftelser")] == list(range(20))
+    assert hwms(db, TOPIC) == {0: 19}
+
+
+def test_lanes_run_two_batches_at_once_and_settle_them_in_order():
+    both_running = threading.Barrier(2, timeout=5)  # fails unless two lanes really overlap
+    calls = itertools.count()
     running = 0
     most = 0
     guard = threading.Lock()
 
     def job(conn, after):
         nonlocal running, most
+        number = next(calls)
         with guard:
             running += 1
             most = max(most, running)
-        time.sleep(0.02)
+        if number < 2:
+            both_running.wait()
+        else:
+            time.sleep(0.01 * (number % 3))  # later batches finish out of order
         with guard:
             running -= 1
         return MappedBatch()
