@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 from psycopg.copy import FileWriter
 from psycopg.types.json import Jsonb, set_json_dumps
+from psycopg.types.string import BytesBinaryDumper
 
 from backup_pipeline import failpoints, hwm
 from backup_pipeline.errors import BackupError, ConcurrentWriterError
@@ -48,6 +49,13 @@ def _copy_types(cols: Sequence[tuple[str, str]]) -> list[str]:
     return ["bytea" if t == "jsonb" else t for _, t in cols]
 
 
+def _use_compiled_bytea_dumper(cur: psycopg.Cursor) -> None:
+    # By type OID psycopg dumps bytea with its DB-API ``Binary`` dumper, a Python subclass
+    # that costs a Python call per value; its compiled BytesBinaryDumper does the same
+    # work in C (measured: 2 of every row's 9 fields went through Python). This cursor only.
+    cur.adapters.register_dumper(None, BytesBinaryDumper)
+
+
 def copy_rows(
     cur: psycopg.Cursor,
     table: str,
@@ -56,6 +64,7 @@ def copy_rows(
 ) -> None:
     """Binary COPY of mapped rows, encoded while they are sent (quarantine rows, and the
     benchmark's raw-COPY baseline)."""
+    _use_compiled_bytea_dumper(cur)
     with cur.copy(_copy_statement(table, cols)) as copy:
         copy.set_types(_copy_types(cols))
         for row in rows:
@@ -79,6 +88,7 @@ class CopyEncoder:
 
     def __init__(self, conn: psycopg.Connection, cols: Sequence[tuple[str, str]]) -> None:
         self._cursor = conn.cursor()
+        _use_compiled_bytea_dumper(self._cursor)
         self._types = _copy_types(cols)
         self.encode(())  # makes and caches the dumpers now, on this thread
 
