@@ -83,21 +83,46 @@ def _json_name(name: str) -> bytes:
     return json.dumps(name).encode()
 
 
-def encode_headers(headers: list[tuple[str, bytes | None]] | None) -> bytes:
-    """All headers, losslessly: order, duplicates, binary and null values.
+_NO_HEADERS = JsonbWire(b"\x01[]")
 
-    Byte-identical to ``json.dumps([[name, base64 or None], ...], separators=(",", ":"))``,
-    built by hand because it runs once per record (4x faster, measured in bench/).
+
+def header_columns(
+    headers: list[tuple[str, bytes | None]] | None,
+) -> tuple[str | None, bool, JsonbWire]:
+    """The columns a record's headers give, in one pass over them (it runs per record):
+
+    - ``traceparent``: the last traceparent header as text, or None;
+    - whether a traceparent had to be dropped (not UTF-8, over 58 characters, NUL): a warning;
+    - ``headers``: all of them, losslessly (order, duplicates, binary and null values), as
+      jsonb in its wire format. The JSON is byte-identical to ``json.dumps([[name, base64
+      or None], ...], separators=(",", ":"))``, built by hand (4x faster, measured).
     """
     if not headers:
-        return b"[]"
+        return None, False, _NO_HEADERS
     parts = []
+    trace_value: bytes | None = None
     for name, value in headers:
         if value is None:
             parts.append(b"[" + _json_name(name) + b",null]")
         else:
             parts.append(b"[" + _json_name(name) + b',"' + b2a_base64(value, newline=False) + b'"]')
-    return b"[" + b",".join(parts) + b"]"
+        if name == TRACEPARENT_HEADER:
+            trace_value = value
+    wire = JsonbWire(b"\x01[" + b",".join(parts) + b"]")
+    if trace_value is None:
+        return None, False, wire
+    try:
+        text = trace_value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, True, wire
+    if len(text) > TRACEPARENT_MAX_CHARS or "\x00" in text:
+        return None, True, wire
+    return text, False, wire
+
+
+def encode_headers(headers: list[tuple[str, bytes | None]] | None) -> bytes:
+    """All headers as JSON text (see header_columns)."""
+    return header_columns(headers)[2].json
 
 
 def decode_headers(encoded: Any) -> list[tuple[str, bytes | None]]:
@@ -108,20 +133,8 @@ def decode_headers(encoded: Any) -> list[tuple[str, bytes | None]]:
 
 def traceparent(headers: list[tuple[str, bytes | None]] | None) -> tuple[str | None, bool]:
     """The last traceparent header as text, and whether it had to be dropped (a warning)."""
-    value: bytes | None = None
-    found = False
-    for name, header_value in headers or ():
-        if name == TRACEPARENT_HEADER:
-            value, found = header_value, True
-    if not found or value is None:
-        return None, False
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError:
-        return None, True
-    if len(text) > TRACEPARENT_MAX_CHARS or "\x00" in text:
-        return None, True
-    return text, False
+    trace, dropped, _ = header_columns(headers)
+    return trace, dropped
 
 
 def kafka_timestamp(timestamp: tuple[int, int]) -> tuple[datetime | None, int | None]:
@@ -206,7 +219,7 @@ def quarantine_row(version: int, topic: str, message: KafkaMessage, reason: str)
         reason,
         message.key(),
         message.value(),
-        jsonb_wire(encode_headers(message.headers())),
+        header_columns(message.headers())[2],
         stamp,
         stamp_type,
     )
@@ -252,8 +265,7 @@ def map_messages(
             batch.quarantine.append(quarantine_row(version, topic, message, reason))
             counts[1] += 1
             continue
-        headers = message.headers()
-        trace, dropped = traceparent(headers)
+        trace, dropped, headers = header_columns(message.headers())
         if dropped:
             batch.warnings += 1
             counts[2] += 1
@@ -279,7 +291,7 @@ def map_messages(
                     jsonb_wire(value),
                     stamp,
                     stamp_type,
-                    jsonb_wire(encode_headers(headers)),
+                    headers,
                     value,
                 )
             )
@@ -294,7 +306,7 @@ def map_messages(
                     value,
                     stamp,
                     stamp_type,
-                    jsonb_wire(encode_headers(headers)),
+                    headers,
                 )
             )
         counts[0] += 1

@@ -122,7 +122,8 @@ def read(
             if not polled:
                 polled = consumer.consume(num_messages=1, timeout=0.5)
             for message in polled:
-                partition = cast(int, message.partition())
+                # Not typing.cast: that is a Python call, and this runs per record.
+                partition: int = message.partition()  # type: ignore[assignment]
                 error = message.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
@@ -137,7 +138,7 @@ def read(
                     continue
                 if partition not in remaining:
                     continue  # beyond the end captured for this pass; the next pass reads it
-                offset = cast(int, message.offset())
+                offset: int = message.offset()  # type: ignore[assignment]
                 end = plan.end[partition]
                 if offset >= end:
                     finish(partition, end - 1)
