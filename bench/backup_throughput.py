@@ -549,7 +549,10 @@ def verdict(ok: bool) -> str:
 
 
 def print_report(args: argparse.Namespace, results: list[TableResult]) -> bool:
-    batch = args.batch_size or "default (BACKUP_BATCH_SIZE unset: 20000)"
+    from backup_pipeline.settings import Settings
+
+    default = Settings.model_fields["backup_batch_size"].default
+    batch = args.batch_size or f"default (BACKUP_BATCH_SIZE unset: {default})"
     print()
     print(
         f"backup throughput: {args.records:,} records per table, 3 partitions, "
