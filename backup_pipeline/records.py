@@ -120,33 +120,23 @@ def header_columns(
     return text, False, wire
 
 
-def encode_headers(headers: list[tuple[str, bytes | None]] | None) -> bytes:
-    """All headers as JSON text (see header_columns)."""
-    return header_columns(headers)[2].json
-
-
 def decode_headers(encoded: Any) -> list[tuple[str, bytes | None]]:
-    """Inverse of encode_headers, for restore and verify (accepts parsed JSON too)."""
+    """Inverse of the headers column (header_columns), for restore and verify; accepts
+    the JSON text or parsed JSON."""
     pairs = json.loads(encoded) if isinstance(encoded, bytes | str) else encoded
     return [(name, None if value is None else base64.b64decode(value)) for name, value in pairs]
 
 
-def traceparent(headers: list[tuple[str, bytes | None]] | None) -> tuple[str | None, bool]:
-    """The last traceparent header as text, and whether it had to be dropped (a warning)."""
-    trace, dropped, _ = header_columns(headers)
-    return trace, dropped
-
-
-def kafka_timestamp(timestamp: tuple[int, int]) -> tuple[datetime | None, int | None]:
+def kafka_timestamp(timestamp: tuple[int, int]) -> tuple[datetime | None, int | None, bool]:
+    """(kafka_timestamp, kafka_timestamp_type, dropped): a timestamp that exists but has no
+    datetime (after the year 9999: a producer may set any long) is dropped, a warning."""
     kind, millis = timestamp
     if kind == 0 or millis < 0:  # TIMESTAMP_NOT_AVAILABLE
-        return None, None
+        return None, None, False
     try:
-        return _EPOCH + timedelta(milliseconds=millis), kind
+        return _EPOCH + timedelta(milliseconds=millis), kind, False
     except OverflowError:
-        # A producer may set any long; after the year 9999 Python has no datetime for it.
-        # The record is still stored (with a NULL timestamp, counted as a warning).
-        return None, None
+        return None, None, True
 
 
 def _reject_constant(name: str) -> Any:
@@ -210,7 +200,7 @@ def _parse_event_carefully(value: bytes) -> tuple[int | None, str | None]:
 
 
 def quarantine_row(version: int, topic: str, message: KafkaMessage, reason: str) -> tuple[Any, ...]:
-    stamp, stamp_type = kafka_timestamp(message.timestamp())
+    stamp, stamp_type, _ = kafka_timestamp(message.timestamp())
     return (
         version,
         topic,
@@ -273,8 +263,7 @@ def map_messages(
         if timestamp != last_timestamp:
             # Records of a burst share their timestamp: reuse the datetime.
             last_timestamp = timestamp
-            stamp, stamp_type = kafka_timestamp(timestamp)
-            stamp_dropped = stamp is None and timestamp[0] != 0 and timestamp[1] >= 0
+            stamp, stamp_type, stamp_dropped = kafka_timestamp(timestamp)
         if stamp_dropped:
             batch.warnings += 1
             counts[2] += 1

@@ -48,16 +48,16 @@ class WriterLanes(Generic[Tag]):
             for i in range(len(self._connections))
         ]
         self._in_flight: deque[tuple[Future[MappedBatch], Tag]] = deque()
-        self._previous: Future[MappedBatch] | None = None
         self._submitted = 0
 
     def submit(self, job: Job, tag: Tag) -> None:
         while len(self._in_flight) >= len(self._connections):
             self._settle_oldest()
+        # The batch before this one, unless it was settled already (then it committed).
+        previous = self._in_flight[-1][0] if self._in_flight else None
         lane = self._submitted % len(self._connections)
         self._submitted += 1
-        future = self._pools[lane].submit(job, self._connections[lane], self._previous)
-        self._previous = future
+        future = self._pools[lane].submit(job, self._connections[lane], previous)
         self._in_flight.append((future, tag))
 
     def finish(self) -> None:
