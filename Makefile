@@ -3,16 +3,34 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Every package a fresh clone installs, exact versions with hashes (runtime, dev extras and
+# the build backend). Regenerate with `make lock`, never by hand.
+LOCK := requirements.lock
+UV_VERSION := 0.13.9
 
-.PHONY: install test demo lint format services-up services-down bench clean
+.PHONY: install lock test demo lint format services-up services-down bench clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Installed again whenever the lock or the project's metadata changes. Nothing is resolved
+# here: the lock's pins (hash-checked), then the project alone. `pip check` fails when
+# pyproject.toml gained a dependency that the lock does not have yet (run `make lock`).
+$(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $@
+
+## Re-resolve $(LOCK) from pyproject.toml: keeps existing pins where they still fit;
+## `make lock LOCK_ARGS=--upgrade` moves everything to the newest allowed versions.
+lock:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "uv==$(UV_VERSION)"
+	$(BIN)/uv pip compile pyproject.toml --extra dev --group pyproject.toml:build \
+		--generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+		--no-strip-extras --custom-compile-command "make lock" --quiet $(LOCK_ARGS) \
+		-o $(LOCK)
 
 ## Start Kafka and PostgreSQL, run the whole test suite, stop what was started.
 test: install
