@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 LOCK := requirements.lock
 UV_VERSION := 0.13.9
 
-.PHONY: install lock test demo lint format services-up services-down bench clean
+.PHONY: install lock test test-fast demo lint format services-up services-down bench clean
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,10 @@ lock:
 test: install
 	dev/ensure-chromium
 	dev/with-services $(BIN)/pytest $(PYTEST_ARGS)
+
+## The service-free tier (markers set in conftest.py): starts nothing, runs in seconds.
+test-fast: install
+	$(BIN)/pytest -m "not services and not browser" $(PYTEST_ARGS)
 
 ## Services, topics, a demo producer and the Dagster UI on http://127.0.0.1:3000 (Ctrl-C stops).
 demo: install

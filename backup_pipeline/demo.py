@@ -38,7 +38,7 @@ def produce(
                 settings.topic(spec),
                 key=record.key,
                 value=record.value,
-                headers=list(record.headers),  # type: ignore[arg-type]
+                headers=list(record.headers),
             )
             sent += 1
             producer.poll(0)

@@ -3,6 +3,10 @@
 `make test` starts the services and exports KAFKA_BROKERS and DATABASE_URL; run alone,
 pytest starts them itself. A test that needs a service never skips: if the services
 cannot start, the test errors.
+
+Tiers: a test gets the `services` marker from the fixtures it uses (any that reach Kafka
+or PostgreSQL) and `browser` when its module drives Chromium, so nobody has to remember
+to mark one; `make test-fast` runs the rest (`-m "not services and not browser"`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,22 @@ from backup_pipeline.topics import TOPICS
 from backup_pipeline.topics_admin import create_topics
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Fixtures that start or reach the real services: a test whose fixture closure holds one
+# of them is in the `services` tier.
+SERVICE_FIXTURES = frozenset({"services", "fault_services"})
+BROWSER_MODULE = "backup_pipeline_tests.browser"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
+        module = getattr(item, "module", None)
+        if module is not None and any(
+            getattr(value, "__module__", None) == BROWSER_MODULE for value in vars(module).values()
+        ):
+            item.add_marker(pytest.mark.browser)
 
 
 @pytest.fixture(scope="session")
