@@ -83,6 +83,16 @@ _DATETIME = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%
 @click.option("--include-quarantined", is_flag=True, help="Also restore quarantined records.")
 @click.option("--no-origin-headers", is_flag=True, help="Do not add backup.source.* headers.")
 @click.option("--force", is_flag=True, help="Allow the source topic or a non-empty target.")
+@click.option(
+    "--keep-source-retention",
+    is_flag=True,
+    help="A new target copies the source's retention too (default: keep every record).",
+)
+@click.option(
+    "--allow-retention-loss",
+    is_flag=True,
+    help="Write even where the target's retention or compaction would drop restored records.",
+)
 @click.option("--resume", "resume_run", type=int, default=None, help="Carry on run RUN_ID.")
 @click.option("--max-records", type=int, default=0, help="Stop after this many (resumable).")
 @click.option("--no-migrate", is_flag=True, help="Do not apply pending migrations first.")
@@ -102,6 +112,8 @@ def restore_command(
     include_quarantined: bool,
     no_origin_headers: bool,
     force: bool,
+    keep_source_retention: bool,
+    allow_retention_loss: bool,
     resume_run: int | None,
     max_records: int,
     no_migrate: bool,
@@ -134,6 +146,8 @@ def restore_command(
                 selection=selection,
                 origin_headers=not no_origin_headers,
                 force=force,
+                keep_source_retention=keep_source_retention,
+                allow_retention_loss=allow_retention_loss,
             )
             report = restore(settings, request, progress=bar, max_records=max_records)
     finally:

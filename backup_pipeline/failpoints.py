@@ -2,7 +2,8 @@
 
 ``BACKUP_PIPELINE_FAILPOINT=<name>:<n>`` kills the process the n-th time ``hit(name)`` runs
 (counted over all writer connections of the process).
-Unset (always, outside tests) it costs one dict lookup per batch.
+Unset (always, outside tests) it costs one environment lookup per batch. Read through
+Settings (its pattern: ``<name>[:<n>]``) each time, so a test may set it in-process.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import os
 import signal
 import threading
 
+from backup_pipeline.settings import env_setting
+
 _hits: dict[str, int] = {}
 _lock = threading.Lock()  # writer threads of several connections hit the same points
 
 
 def hit(name: str) -> None:
-    spec = os.environ.get("BACKUP_PIPELINE_FAILPOINT")
+    spec = env_setting("backup_pipeline_failpoint", str)
     if not spec:
         return
     target, _, count = spec.partition(":")

@@ -9,12 +9,14 @@ Dagster run id, topic, version) are added to every line logged until they are un
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import structlog
+
+from backup_pipeline.errors import ConfigError
+from backup_pipeline.settings import env_setting
 
 _PRE_CHAIN: list[Any] = [
     structlog.contextvars.merge_contextvars,
@@ -27,7 +29,14 @@ _PRE_CHAIN: list[Any] = [
 
 def configure(level: int = logging.INFO, fmt: str | None = None) -> None:
     """Route the root logger through structlog's formatter (idempotent)."""
-    fmt = (fmt or os.environ.get("BACKUP_LOG_FORMAT", "text")).lower()
+    if fmt is None:
+        try:
+            fmt = env_setting("backup_log_format", str)
+        except ConfigError:
+            # Logging is set up before a command loads its settings; that load reports the
+            # bad BACKUP_LOG_FORMAT in one line, so log readable text until then.
+            fmt = "text"
+    fmt = fmt.lower()
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"

@@ -67,6 +67,10 @@ class RestoreRequest:
     selection: Selection = field(default_factory=Selection)
     origin_headers: bool = True
     force: bool = False
+    # A new target copies the source's retention too, instead of keeping every record.
+    keep_source_retention: bool = False
+    # Write even where the target's retention or compaction would drop restored records.
+    allow_retention_loss: bool = False
 
 
 @dataclass
@@ -84,6 +88,8 @@ class RestoreReport:
     skipped: int = 0
     status: str = "running"
     duration_seconds: float = 0.0
+    # The target's configuration as this run found or created it (empty on resume).
+    target_config: str = ""
 
     @property
     def restored(self) -> int:
@@ -91,13 +97,16 @@ class RestoreReport:
 
     def summary(self) -> str:
         parts = ", ".join(f"p{p}: {n}" for p, n in sorted(self.by_partition.items()))
-        return (
+        line = (
             f"restore run {self.run_id} ({self.status}): {self.source_table} v{self.version} "
             f"({self.source_topic}) -> {self.target_topic}: {self.restored} records restored "
             f"[{parts or 'none'}], {self.not_exact} not restored exactly (rows older than "
             f"the headers/timestamp columns), {self.quarantined} from quarantine, "
             f"{self.skipped} already in the target (resume), {self.duration_seconds:.2f}s"
         )
+        if self.target_config:
+            line += f"\n  target {self.target_topic}: {self.target_config}"
+        return line
 
 
 def resolve_spec(settings: Settings, table: str | None, topic: str | None) -> TopicSpec:
@@ -156,11 +165,22 @@ def restore(
         stack.callback(consumer.close)
         admin = AdminClient(admin_config(settings))
         needed = restore_target.partition_count(admin, source_topic, timeout)
+        source_configs = (
+            None if needed is None else restore_target.topic_configs(admin, source_topic, timeout)
+        )
         if needed is None:
             needed = restore_source.known_partitions(conn, spec, source_topic, version)
         if needed == 0:
             raise RestoreError(f"nothing of {source_topic} version {version} is backed up")
-        created = restore_target.ensure_topic(admin, target, needed, timeout)
+        extents = {
+            p: restore_source.extent(conn, spec, source_topic, version, p, request.selection)
+            for p in range(needed)
+            if request.selection.wants(p)
+        }
+        new_config, described = _target_config(
+            admin, request, target, source_configs, extents, timeout
+        )
+        created = restore_target.ensure_topic(admin, target, needed, timeout, new_config)
         marks = restore_target.end_offsets(consumer, target, timeout)
         restore_target.check_writable(source_topic, target, marks, needed, force=request.force)
         run_id = restore_store.create_run(
@@ -178,7 +198,41 @@ def restore(
         log.info("restore run %d: %s v%d -> %s", run_id, source_topic, version, target)
         report = _run(settings, conn, consumer, run, progress, max_records, checkpoint_every)
         report.created_topic = created
+        report.target_config = described
         return report
+
+
+def _target_config(
+    admin: AdminClient,
+    request: RestoreRequest,
+    target: str,
+    source_configs: dict[str, tuple[str, bool]] | None,
+    extents: dict[int, restore_source.Extent],
+    timeout: float,
+) -> tuple[dict[str, str] | None, str]:
+    """The configuration to create a new target with (None: it exists) and a description
+    for the report, after refusing a target whose retention would drop restored records."""
+    allow = request.allow_retention_loss
+    if restore_target.partition_count(admin, target, timeout) is None:
+        plan = restore_target.new_target_config(
+            source_configs, keep_source_retention=request.keep_source_retention
+        )
+        # The new topic's effective values: the cluster's (seen on the source) + its own.
+        effective = {k: v for k, (v, _) in (source_configs or {}).items()} | plan.configs
+        problem = restore_target.check_retention(target, effective, extents, allow=allow)
+        described = f"created with {plan.describe()}"
+        if problem:
+            log.warning("restore into %s: %s; written anyway as asked", target, problem)
+            described += f"; WARNING: {problem}, written anyway (allow_retention_loss)"
+        return plan.configs, described
+    effective = {k: v for k, (v, _) in restore_target.topic_configs(admin, target, timeout).items()}
+    problem = restore_target.check_retention(target, effective, extents, allow=allow)
+    shown = ", ".join(f"{k}={effective.get(k, '?')}" for k in restore_target.KEEP_EVERY_RECORD)
+    described = f"existing topic, left as it is: {shown}"
+    if problem:
+        log.warning("restore into %s: %s; written anyway as asked", target, problem)
+        return None, f"{described}; WARNING: {problem}, written anyway (allow_retention_loss)"
+    return None, f"{described} (keeps every restored record)"
 
 
 def resume(

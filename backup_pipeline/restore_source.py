@@ -132,7 +132,7 @@ def _conditions(selection: Selection, *, quarantine: bool, bounded: bool) -> lis
 
 def _query(
     spec: TopicSpec, selection: Selection, *, bounded: bool, count: bool = False
-) -> sql.Composed:
+) -> sql.Composed:  # count: (records, oldest timestamp ms, bytes of keys, values, headers)
     rows = sql.SQL(
         "SELECT kafka_partition::int AS kafka_partition, kafka_offset, "
         "int8send(record_key) AS key, {value}, headers, traceparent, "
@@ -156,7 +156,11 @@ def _query(
             where=sql.SQL(" AND ").join(_conditions(selection, quarantine=True, bounded=bounded)),
         )
     if count:
-        return sql.SQL("SELECT count(*) FROM ({rows}) AS r").format(rows=rows)
+        return sql.SQL(
+            "SELECT count(*), min(ts), coalesce(sum(coalesce(octet_length(key), 0) "
+            "+ coalesce(octet_length(value), 0) + coalesce(octet_length(headers::text), 0)), 0) "
+            "FROM ({rows}) AS r"
+        ).format(rows=rows)
     return sql.SQL("{rows} ORDER BY kafka_offset LIMIT %(page)s").format(rows=rows)
 
 
@@ -247,6 +251,38 @@ def first_at_or_after(
     return next(read_partition(conn, spec, topic, version, partition, selection, page=1), None)
 
 
+@dataclass(frozen=True)
+class Extent:
+    """What a selection holds in one partition."""
+
+    records: int
+    oldest_ms: int | None  # the oldest record timestamp; None when no row has one
+    # Key, value and header bytes (headers as stored, a little more than on the wire).
+    payload_bytes: int
+
+
+def extent(
+    conn: psycopg.Connection,
+    spec: TopicSpec,
+    topic: str,
+    version: int,
+    partition: int,
+    selection: Selection = EVERYTHING,
+    *,
+    after: int = -1,
+) -> Extent:
+    after, last = _window(selection, partition, after)
+    row = conn.execute(
+        _query(spec, selection, bounded=last is not None, count=True),
+        _params(topic, version, partition, selection, after, last),
+    ).fetchone()
+    if not conn.autocommit:
+        conn.commit()
+    if row is None:
+        return Extent(0, None, 0)
+    return Extent(int(row[0]), None if row[1] is None else int(row[1]), int(row[2]))
+
+
 def count(
     conn: psycopg.Connection,
     spec: TopicSpec,
@@ -257,14 +293,7 @@ def count(
     *,
     after: int = -1,
 ) -> int:
-    after, last = _window(selection, partition, after)
-    row = conn.execute(
-        _query(spec, selection, bounded=last is not None, count=True),
-        _params(topic, version, partition, selection, after, last),
-    ).fetchone()
-    if not conn.autocommit:
-        conn.commit()
-    return int(row[0]) if row else 0
+    return extent(conn, spec, topic, version, partition, selection, after=after).records
 
 
 def known_partitions(conn: psycopg.Connection, spec: TopicSpec, topic: str, version: int) -> int:

@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaException
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, ResourceType
 
 from backup_pipeline import source
 from backup_pipeline.errors import BackupError, KafkaUnavailableError
+from backup_pipeline.restore_source import Extent
 from backup_pipeline.topics_admin import create_topics
+
+# Restored records keep their original timestamps, so time retention judges them by when
+# they were first written: a new target keeps every record until someone decides otherwise.
+KEEP_EVERY_RECORD = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+# Not copied from the source: a limit on how old a record's timestamp may be would make
+# the broker refuse the restored records themselves.
+NOT_COPIED = frozenset({"message.timestamp.before.max.ms", "message.timestamp.difference.max.ms"})
+# Records that expire within this much of the start count as deleted: the restore itself
+# takes a while, and nobody restores records to see them vanish in the next minutes.
+RETENTION_MARGIN_MS = 3_600_000
+# Per-record overhead on disk (record header, a share of the batch header): errs high.
+RECORD_OVERHEAD_BYTES = 80
+OVERRIDE_FLAG = "--allow-retention-loss (restore_job: allow_retention_loss)"
 
 
 class RestoreError(BackupError):
@@ -34,11 +50,140 @@ def partition_count(admin: AdminClient, topic: str, timeout: float) -> int | Non
     return len(found.partitions)
 
 
-def ensure_topic(admin: AdminClient, topic: str, partitions: int, timeout: float) -> bool:
+def topic_configs(admin: AdminClient, topic: str, timeout: float) -> dict[str, tuple[str, bool]]:
+    """Every configuration entry of ``topic``: name -> (value, set on the topic itself)."""
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    try:
+        future = next(iter(admin.describe_configs([resource], request_timeout=timeout).values()))
+        entries = future.result()
+    except KafkaException as exc:
+        problem = f"cannot describe the configuration of {topic}: {exc}"
+        raise KafkaUnavailableError(problem) from None
+    topic_level = ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+    return {
+        name: (entry.value, int(entry.source) == topic_level)
+        for name, entry in entries.items()
+        # Sensitive values come back as None; topics have none, and none are copied.
+        if entry.value is not None and not entry.is_sensitive
+    }
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """The topic-level configuration a new target is created with, and where it came from."""
+
+    configs: dict[str, str]
+    origin: str
+
+    def describe(self) -> str:
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(self.configs.items()))
+        return f"{shown or 'broker defaults'} ({self.origin})"
+
+
+def new_target_config(
+    source_configs: Mapping[str, tuple[str, bool]] | None, *, keep_source_retention: bool
+) -> TargetConfig:
+    """The source's own (topic-level) settings; retention set to keep every record unless
+    ``keep_source_retention``. Without a source topic: keep every record."""
+    if source_configs is None:
+        return TargetConfig(dict(KEEP_EVERY_RECORD), "source topic gone: keeps every record")
+    copied = {
+        name: value
+        for name, (value, own) in source_configs.items()
+        if own and name not in NOT_COPIED
+    }
+    if keep_source_retention:
+        # The source's effective values, broker defaults included, so the check sees them.
+        for name in KEEP_EVERY_RECORD:
+            if name in source_configs:
+                copied[name] = source_configs[name][0]
+        return TargetConfig(copied, "copied from the source, its retention too")
+    copied.update(KEEP_EVERY_RECORD)
+    return TargetConfig(
+        copied, "copied from the source, retention set to keep every restored record"
+    )
+
+
+def retention_problem(
+    topic: str,
+    configs: Mapping[str, str],
+    extents: Mapping[int, Extent],
+    now_ms: int | None = None,
+) -> str | None:
+    """Why Kafka would delete or compact away records about to be written, or None.
+
+    ``configs`` are the topic's effective values (broker defaults included).
+    """
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    policy = {p.strip() for p in configs.get("cleanup.policy", "delete").split(",")}
+    if "compact" in policy:
+        return (
+            f"{topic} has cleanup.policy={configs.get('cleanup.policy')}: compaction keeps only "
+            "the last record per key (and refuses records without a key)"
+        )
+    if "delete" not in policy:
+        return None
+    retention_ms = int(configs.get("retention.ms", "-1"))
+    # LogAppendTime stamps records when written: time retention then counts from now.
+    append_time = configs.get("message.timestamp.type") == "LogAppendTime"
+    oldest = min((e.oldest_ms for e in extents.values() if e.oldest_ms is not None), default=None)
+    if (
+        retention_ms >= 0
+        and not append_time
+        and oldest is not None
+        and oldest + retention_ms < now_ms + RETENTION_MARGIN_MS
+    ):
+        when = datetime.fromtimestamp(oldest / 1000, UTC).isoformat(timespec="seconds")
+        return (
+            f"{topic} has retention.ms={retention_ms}, and the oldest record to restore is "
+            f"from {when}: the next retention check would delete restored records"
+        )
+    retention_bytes = int(configs.get("retention.bytes", "-1"))
+    if retention_bytes >= 0:
+        for partition, e in sorted(extents.items()):
+            size = e.payload_bytes + e.records * RECORD_OVERHEAD_BYTES
+            if size > retention_bytes:
+                return (
+                    f"{topic} has retention.bytes={retention_bytes}, and about {size} bytes are "
+                    f"to be restored into partition {partition}: the oldest would be deleted"
+                )
+    return None
+
+
+def check_retention(
+    topic: str, configs: Mapping[str, str], extents: Mapping[int, Extent], *, allow: bool
+) -> str | None:
+    """Refuse when Kafka would drop restored records; with ``allow``, return the problem."""
+    problem = retention_problem(topic, configs, extents)
+    if problem is not None and not allow:
+        raise RestoreError(
+            f"refusing to restore: {problem}. Change the topic's configuration, restore into "
+            f"a new topic, or pass {OVERRIDE_FLAG}"
+        )
+    return problem
+
+
+def ensure_topic(
+    admin: AdminClient,
+    topic: str,
+    partitions: int,
+    timeout: float,
+    config: Mapping[str, str] | None = None,
+) -> bool:
     """Create ``topic`` with ``partitions`` when missing; True when it was created."""
     if partition_count(admin, topic, timeout) is not None:
         return False
-    created = bool(create_topics(admin, [topic], partitions, timeout=max(timeout, 30.0)))
+    created = bool(
+        # Replicated like any topic of the cluster (default.replication.factor), not once.
+        create_topics(
+            admin,
+            [topic],
+            partitions,
+            timeout=max(timeout, 30.0),
+            config=config,
+            replication_factor=-1,
+        )
+    )
     # Metadata reaches every client a little after the creation is acknowledged.
     deadline = time.monotonic() + 30
     while (partition_count(admin, topic, timeout) or 0) < partitions:

@@ -9,7 +9,6 @@ would only wait behind the same lock or hit the same error.
 from __future__ import annotations
 
 import logging
-import os
 
 from tenacity import (
     RetryCallState,
@@ -19,17 +18,13 @@ from tenacity import (
     wait_exponential,
 )
 
-from backup_pipeline.errors import BackupError, ConfigError, KafkaUnavailableError
+from backup_pipeline.errors import BackupError, KafkaUnavailableError
+from backup_pipeline.settings import Settings, env_setting
 
 log = logging.getLogger(__name__)
 
-# Attempts per pass (1 = no retry) and the longest a statement of the pass waits for a
-# table lock held by someone else. Read here rather than in Settings so that this module
-# stays self-contained (Settings ignores unknown variables).
-ATTEMPTS_ENV = "BACKUP_PASS_ATTEMPTS"
-LOCK_TIMEOUT_ENV = "BACKUP_LOCK_TIMEOUT_SECONDS"
-DEFAULT_PASS_ATTEMPTS = 3
-DEFAULT_LOCK_TIMEOUT_SECONDS = 60.0
+DEFAULT_PASS_ATTEMPTS: int = Settings.model_fields["backup_pass_attempts"].default
+DEFAULT_LOCK_TIMEOUT_SECONDS: float = Settings.model_fields["backup_lock_timeout_seconds"].default
 
 
 class DatabaseUnavailableError(BackupError):
@@ -40,26 +35,15 @@ class DatabaseUnavailableError(BackupError):
 TRANSIENT = (DatabaseUnavailableError, KafkaUnavailableError)
 
 
+# Read when a pass starts (BACKUP_PASS_ATTEMPTS, BACKUP_LOCK_TIMEOUT_SECONDS), through
+# Settings' own rules: a pass's callers hold no Settings object for these.
 def pass_attempts() -> int:
-    return int(_number(ATTEMPTS_ENV, DEFAULT_PASS_ATTEMPTS, minimum=1))
+    return env_setting("backup_pass_attempts", int)
 
 
 def lock_timeout_seconds() -> float:
     """0 disables the bound (then only a statement_timeout, if any, ends a lock wait)."""
-    return _number(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT_SECONDS, minimum=0)
-
-
-def _number(name: str, default: float, minimum: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"invalid configuration: {name}: expected a number") from None
-    if value < minimum:
-        raise ConfigError(f"invalid configuration: {name}: must be at least {minimum:g}")
-    return value
+    return env_setting("backup_lock_timeout_seconds", float)
 
 
 def pass_retrying(what: str, attempts: int, max_wait: float = 20.0) -> Retrying:

@@ -4,17 +4,37 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Literal
+from functools import cache
+from typing import Annotated, Any, Literal, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from backup_pipeline import CURRENT_VERSION
 from backup_pipeline.errors import ConfigError
 from backup_pipeline.topics import TOPICS, TopicSpec
 
+T = TypeVar("T")
+
+
+def _lower(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
 
 class Settings(BaseModel):
-    """Everything the engine needs; each field is one environment variable."""
+    """Everything the engine needs; each field is one environment variable.
+
+    Fields that ``env_setting`` reads alone keep their rules in their type (constraints,
+    ``Annotated`` validators), not in ``field_validator`` methods, so both ways in agree.
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -79,6 +99,33 @@ class Settings(BaseModel):
     backup_backfill_window: str = Field(default="", validation_alias="BACKUP_BACKFILL_WINDOW")
     backup_auto_migrate: bool = Field(default=True, validation_alias="BACKUP_AUTO_MIGRATE")
 
+    # Attempts per pass (1 = no retry) after a lost PostgreSQL or Kafka connection.
+    backup_pass_attempts: int = Field(default=3, ge=1, validation_alias="BACKUP_PASS_ATTEMPTS")
+    # Longest a statement of a pass waits for a table lock someone else holds; 0 = no bound
+    # (then only a statement_timeout, if any, ends the wait).
+    backup_lock_timeout_seconds: float = Field(
+        default=60.0, ge=0, validation_alias="BACKUP_LOCK_TIMEOUT_SECONDS"
+    )
+    backup_log_format: Annotated[Literal["text", "json"], BeforeValidator(_lower)] = Field(
+        default="text", validation_alias="BACKUP_LOG_FORMAT"
+    )
+    # Offsets per partition the scheduled matches_topic check compares.
+    backup_verify_sample: int = Field(default=200, ge=1, validation_alias="BACKUP_VERIFY_SAMPLE")
+    backup_run_retention_days: int = Field(
+        default=14, ge=1, validation_alias="BACKUP_RUN_RETENTION_DAYS"
+    )
+    # How often each topic's sensor looks for lag. Read at definition time, so a bad value
+    # must become a one-line ConfigError there, never a traceback of the code location.
+    sensor_interval_seconds: int = Field(
+        default=30, ge=5, validation_alias="BACKUP_SENSOR_INTERVAL_SECONDS"
+    )
+    # Crash injection for the kill tests ("<point>[:<n>]", see failpoints.py); empty outside.
+    backup_pipeline_failpoint: str = Field(
+        default="",
+        pattern=r"^([a-z_]+(:[1-9][0-9]*)?)?$",
+        validation_alias="BACKUP_PIPELINE_FAILPOINT",
+    )
+
     topic_names: dict[str, str] = Field(default_factory=dict, exclude=True)
 
     @field_validator("kafka_brokers")
@@ -93,15 +140,19 @@ class Settings(BaseModel):
     @field_validator("backup_backfill_window")
     @classmethod
     def _window_is_hh_mm_range(cls, value: str) -> str:
-        if value.strip():
+        if not value.strip():
+            return value
+        problem = ValueError("expected HH:MM-HH:MM (UTC), e.g. 22:00-06:00")
+        start, sep, end = value.partition("-")
+        if not sep:
+            raise problem
+        for part in (start, end):
             try:
-                start, sep, end = value.partition("-")
-                assert sep
-                for part in (start, end):
-                    minutes = _minutes(part)
-                    assert 0 <= minutes <= 24 * 60
-            except (AssertionError, ValueError):
-                raise ValueError("expected HH:MM-HH:MM (UTC), e.g. 22:00-06:00") from None
+                minutes = _minutes(part)
+            except ValueError:
+                raise problem from None
+            if not 0 <= minutes <= 24 * 60:
+                raise problem
         return value
 
     def topic(self, spec: TopicSpec) -> str:
@@ -123,10 +174,39 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(_describe(exc)) from None
 
 
-def _describe(exc: ValidationError) -> str:
+def env_setting(name: str, kind: type[T], environ: Mapping[str, str] | None = None) -> T:
+    """One ``Settings`` field, read from ``environ`` (default ``os.environ``) when it is used.
+
+    For code without a ``Settings`` object at hand: the retry policy inside a pass, log
+    set-up before a command loads its settings, Dagster definitions and ops that need no
+    Kafka. Same rules, default and one-line ``ConfigError`` as ``load_settings``; ``kind``
+    is the field's type, for the type checker.
+    """
+    field = Settings.model_fields[name]
+    alias = str(field.validation_alias)
+    raw = (os.environ if environ is None else environ).get(alias)
+    if raw is None:
+        return cast(T, field.get_default(call_default_factory=True))
+    try:
+        return cast(T, _field_adapter(name).validate_python(raw))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, alias)) from None
+
+
+@cache
+def _field_adapter(name: str) -> TypeAdapter[Any]:
+    field = Settings.model_fields[name]
+    # The field's type with its constraints and validators, as pydantic stores them apart.
+    annotation: Any = field.annotation
+    if field.metadata:
+        annotation = Annotated.__class_getitem__((annotation, *field.metadata))  # type: ignore[attr-defined]
+    return TypeAdapter(annotation)
+
+
+def _describe(exc: ValidationError, name_of_value: str = "?") -> str:
     problems = []
     for error in exc.errors():
-        name = str(error["loc"][0]) if error["loc"] else "?"
+        name = str(error["loc"][0]) if error["loc"] else name_of_value
         if error["type"] == "missing":
             problems.append(f"{name} is not set")
         else:

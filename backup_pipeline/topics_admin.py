@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -9,12 +11,25 @@ from backup_pipeline.errors import KafkaUnavailableError
 
 
 def create_topics(
-    admin: AdminClient, names: list[str], partitions: int = 3, timeout: float = 30.0
+    admin: AdminClient,
+    names: list[str],
+    partitions: int = 3,
+    timeout: float = 30.0,
+    config: Mapping[str, str] | None = None,
+    replication_factor: int = 1,
 ) -> list[str]:
-    """Create the topics that don't exist yet; return the names created."""
+    """Create the topics that don't exist yet, with ``config``; return the names created.
+
+    ``replication_factor`` -1 takes the broker's ``default.replication.factor``.
+    """
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [
-        NewTopic(n, num_partitions=partitions, replication_factor=1)
+        NewTopic(
+            n,
+            num_partitions=partitions,
+            replication_factor=replication_factor,
+            config=dict(config or {}),
+        )
         for n in names
         if n not in existing
     ]

@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +35,9 @@ from backup_pipeline_tests.helpers import good_records, key
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 HENDELSER = spec_for_table("bekreftelse_hendelser")
-BASE_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
+# A day ago: well inside the broker's default retention (7 days), which the dev broker
+# enforces every 2 s; older records are for test_restore_target.py, which sets retention.
+BASE_MS = (int(time.time()) - 86_400) * 1000
 
 Record = tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]], int]
 

@@ -1,20 +1,19 @@
 """Restore and verify from the Dagster UI: a restore job and a scheduled verify check."""
 
-import os
 from datetime import datetime
 
 import dagster as dg
 
 from backup_pipeline.restore import RestoreReport, RestoreRequest, restore, resume
 from backup_pipeline.restore_source import Selection
-from backup_pipeline.settings import load_settings
+from backup_pipeline.settings import env_setting, load_settings
 from backup_pipeline.topics import TOPICS, TopicSpec
 from backup_pipeline.verify import verify
 
 
 def verify_sample() -> int:
     """Offsets compared per partition by the scheduled check (read at run time)."""
-    return int(os.environ.get("BACKUP_VERIFY_SAMPLE", "200"))
+    return env_setting("backup_verify_sample", int)
 
 
 class RestoreConfig(dg.Config):

@@ -1,16 +1,18 @@
 """Keep the run history bounded: three topics x a run every 30 s adds up."""
 
-import os
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-RETENTION_DAYS = int(os.environ.get("BACKUP_RUN_RETENTION_DAYS", "14"))
+from backup_pipeline.settings import env_setting
 
 
 @dg.op(description="Delete runs (and their event logs) older than BACKUP_RUN_RETENTION_DAYS.")
 def purge_old_runs(context: dg.OpExecutionContext) -> int:
-    cutoff = datetime.now(UTC) - timedelta(days=RETENTION_DAYS)
+    # Read when the op runs, not at import: a bad value fails this run in one line instead
+    # of the whole code location.
+    days = env_setting("backup_run_retention_days", int)
+    cutoff = datetime.now(UTC) - timedelta(days=days)
     deleted = 0
     while True:
         records = context.instance.get_run_records(
