@@ -13,7 +13,7 @@ from typing import cast
 import psycopg
 from confluent_kafka import Consumer
 
-from backup_pipeline import db, hwm, source, writer
+from backup_pipeline import db, hwm, source, versions, writer
 from backup_pipeline.errors import BackupError, ConfigError
 from backup_pipeline.kafka_config import consumer_config
 from backup_pipeline.records import KafkaMessage, MappedBatch, columns, map_messages
@@ -274,21 +274,29 @@ def backup_topic(
     version: int | None = None,
     max_records: int | None = None,
     lock_wait_seconds: float = 0.0,
+    allow_retired: bool = False,
 ) -> PassReport:
     """One pass with connections made from settings, closed afterwards.
 
-    ``version`` defaults to BACKUP_VERSION; the Dagster layer passes the previous version
-    while a new one is still being re-ingested. A pass whose PostgreSQL or Kafka
-    connection failed is run again (BACKUP_PASS_ATTEMPTS in all, default 3): it resumes
-    from the HWMs its committed batches left, so nothing is stored twice. The report is
-    that of the last attempt.
+    ``version`` defaults to BACKUP_VERSION, else the version recorded as serving
+    (versions.resolve_write_version); the Dagster layer passes the previous version while a
+    new one is still being re-ingested. A retired version raises versions.RetiredVersionError
+    unless ``allow_retired``. A version written for the first time is recorded in
+    backup_versions. A pass whose PostgreSQL or Kafka connection failed is run again
+    (BACKUP_PASS_ATTEMPTS in all, default 3): it resumes from the HWMs its committed
+    batches left, so nothing is stored twice. The report is that of the last attempt.
     """
     topic = settings.topic(spec)
-    version = settings.backup_version if version is None else version
+    requested = settings.backup_version if version is None else version
     lock_timeout = lock_timeout_seconds()
     attempts = pass_attempts()
-    for attempt in pass_retrying(f"backup of {topic} version {version}", attempts):
+    for attempt in pass_retrying(f"backup of {topic}", attempts):
         with attempt:
+            with closing(_connect(settings)) as conn:
+                version = versions.resolve_write_version(
+                    conn, spec.table, requested, allow_retired=allow_retired
+                )
+                versions.ensure_recorded(conn, spec.table, topic, version)
             return _backup_topic_once(
                 settings, spec, topic, version, max_records, lock_wait_seconds, lock_timeout
             )

@@ -10,7 +10,7 @@ import click
 import pandas as pd
 from confluent_kafka.admin import AdminClient
 
-from backup_pipeline import backup, db, logs, migrate, status
+from backup_pipeline import backup, db, logs, migrate, status, versions
 from backup_pipeline.cli_common import friendly_errors, maybe_migrate
 from backup_pipeline.cli_restore import restore_command, verify_command
 from backup_pipeline.kafka_config import admin_config
@@ -87,7 +87,7 @@ def status_command() -> None:
                     consumer,
                     spec,
                     settings.topic(spec),
-                    settings.backup_version,
+                    versions.resolve_read_version(conn, spec.table, settings.backup_version),
                     settings.kafka_timeout_seconds,
                 ):
                     rows.append(

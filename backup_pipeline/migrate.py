@@ -13,6 +13,7 @@ from alembic.script import ScriptDirectory
 
 from backup_pipeline import db
 from backup_pipeline.settings import Settings
+from backup_pipeline.topics import TOPICS
 
 # Our own name, so an earlier implementation's history table (Flyway's
 # flyway_schema_history, another Alembic project's alembic_version) is left alone.
@@ -65,6 +66,9 @@ def migrate(settings: Settings) -> tuple[str | None, str]:
     try:
         with _ALEMBIC_LOCK, engine.begin() as connection:
             config.attributes["connection"] = connection
+            # Which topic feeds which table is configuration; migration 0005 needs it to
+            # record the versions an existing database already holds.
+            config.attributes["topic_names"] = {s.table: settings.topic(s) for s in TOPICS}
             command.upgrade(config, "head")
     finally:
         engine.dispose()

@@ -28,7 +28,7 @@ import psycopg
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
 
-from backup_pipeline import db, restore_source, restore_store, restore_target, source
+from backup_pipeline import db, restore_source, restore_store, restore_target, source, versions
 from backup_pipeline.kafka_config import admin_config, consumer_config, producer_config
 from backup_pipeline.restore_source import BackedUpRecord, Headers, Selection, message_headers
 from backup_pipeline.restore_store import Checkpoint, RunRow
@@ -62,7 +62,7 @@ __all__ = [
 class RestoreRequest:
     table: str | None = None
     source_topic: str | None = None  # default: the table's topic from settings
-    version: int | None = None  # default: settings.backup_version
+    version: int | None = None  # default: the serving version (versions.py)
     target_topic: str | None = None  # default: <source topic>.restored-<UTC timestamp>
     selection: Selection = field(default_factory=Selection)
     origin_headers: bool = True
@@ -152,7 +152,6 @@ def restore(
     """Start a new restore run; ``max_records`` stops it early (resume it later)."""
     spec = resolve_spec(settings, request.table, request.source_topic)
     source_topic = request.source_topic or settings.topic(spec)
-    version = settings.backup_version if request.version is None else request.version
     target = request.target_topic or restore_target.default_target(source_topic)
     if spec.value_format is not ValueFormat.JSON_EVENT and request.selection.arbeidssoeker_ids:
         raise RestoreError(f"{spec.table} has no arbeidssoeker_id; filter by record key instead")
@@ -161,6 +160,8 @@ def restore(
     timeout = settings.kafka_timeout_seconds
     with ExitStack() as stack:
         conn = stack.enter_context(closing(db.connect(settings, autocommit=True)))
+        # Default: the serving version (backup_versions), not BACKUP_VERSION (a target).
+        version = versions.resolve_read_version(conn, spec.table, request.version)
         consumer = Consumer(consumer_config(settings))
         stack.callback(consumer.close)
         admin = AdminClient(admin_config(settings))

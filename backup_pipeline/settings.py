@@ -18,7 +18,6 @@ from pydantic import (
     field_validator,
 )
 
-from backup_pipeline import CURRENT_VERSION
 from backup_pipeline.errors import ConfigError
 from backup_pipeline.topics import TOPICS, TopicSpec
 
@@ -63,8 +62,10 @@ class Settings(BaseModel):
     # Empty means: let libpq read PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE...
     database_url: SecretStr = Field(default=SecretStr(""), validation_alias="DATABASE_URL")
 
-    backup_version: int = Field(
-        default=CURRENT_VERSION, ge=0, le=32767, validation_alias="BACKUP_VERSION"
+    # The target version (re-ingested, then serving); unset = keep the version recorded as
+    # serving in backup_versions (CURRENT_VERSION on a fresh database). See versions.py.
+    backup_version: int | None = Field(
+        default=None, ge=0, le=32767, validation_alias="BACKUP_VERSION"
     )
     # A pass holds about three batches at once (one mapped, two being written): these
     # bound its memory. Measured: ~200 MB peak RSS whatever the record size (bench/).

@@ -23,7 +23,15 @@ from dataclasses import dataclass, field
 import psycopg
 from confluent_kafka import Consumer
 
-from backup_pipeline import db, hwm, restore_source, restore_store, source, verify_topic
+from backup_pipeline import (
+    db,
+    hwm,
+    restore_source,
+    restore_store,
+    source,
+    verify_topic,
+    versions,
+)
 from backup_pipeline.errors import BackupError
 from backup_pipeline.kafka_config import consumer_config
 from backup_pipeline.restore import resolve_spec
@@ -193,7 +201,7 @@ def verify(
             spec=spec,
             source_topic=source_name,
             topic=target,
-            version=settings.backup_version if version is None else version,
+            version=versions.resolve_read_version(conn, spec.table, version),
             batch_bytes=settings.backup_batch_bytes,
             timeout=settings.kafka_timeout_seconds,
             run_ids=[],

@@ -205,6 +205,14 @@ def test_migrate_adopts_an_existing_database_without_touching_a_row(
         assert conn.execute("SELECT count(*) FROM flyway_schema_history").fetchone() == (1,)
         assert "octet_length" in index_defs(conn)["bekreftelser_data_idx"]
 
+    with psycopg.connect(empty_database_url) as conn:
+        # The adopted version serves; analysts' view shows it.
+        assert conn.execute(
+            "SELECT version, kafka_topic, state FROM backup_versions "
+            "WHERE table_name = 'bekreftelser'"
+        ).fetchall() == [(1, topic, "serving")]
+        assert conn.execute("SELECT count(*) FROM bekreftelser_current").fetchone() == (3,)
+
     report = backup.backup_topic(settings, spec_for_table("bekreftelser"))
     assert report.rows == 2  # offsets 3 and 4: carried on from the adopted HWM
     with psycopg.connect(empty_database_url) as conn:
@@ -234,3 +242,44 @@ def test_concurrent_migrators_do_not_collide(services, empty_database_url):
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
     assert current_revision(make_settings(services, empty_database_url)) == head_revision()
+
+
+def test_migrate_records_the_versions_an_existing_database_holds(
+    services, empty_database_url, topic_names
+):
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute(SEED_DDL_AS_AN_EARLIER_IMPLEMENTATION_RAN_IT)
+        for version in (1, 2, 3):
+            conn.execute(
+                "INSERT INTO bekreftelse_hwm VALUES (%s, 0, 5, %s)",
+                (version, topic_names["bekreftelser"]),
+            )
+        conn.execute(
+            "INSERT INTO bekreftelse_hwm VALUES (4, 0, 5, %s)",
+            (topic_names["bekreftelse_hendelser"],),
+        )
+    migrate(make_settings(services, empty_database_url, topic_names))
+    with psycopg.connect(empty_database_url) as conn:
+        recorded = conn.execute(
+            "SELECT table_name, version, kafka_topic, state FROM backup_versions ORDER BY 1, 2"
+        ).fetchall()
+        assert recorded == [
+            # One version: it serves.
+            ("bekreftelse_hendelser", 4, topic_names["bekreftelse_hendelser"], "serving"),
+            # Several: the highest may not have caught up yet (only Kafka can tell), so
+            # it is re-ingesting and the next one serves until reconcile promotes it.
+            ("bekreftelser", 1, topic_names["bekreftelser"], "retired"),
+            ("bekreftelser", 2, topic_names["bekreftelser"], "serving"),
+            ("bekreftelser", 3, topic_names["bekreftelser"], "reingesting"),
+        ]
+        for table in ("bekreftelse_hendelser", "bekreftelser", "bekreftelse_paa_vegne_av"):
+            conn.execute(f"SELECT * FROM {table}_current").fetchall()
+        for table in ("backup_quarantine", "backup_gaps"):
+            cols = columns(conn, table)
+            assert cols["acknowledged_at"] == ("timestamp with time zone", "YES")
+            assert cols["acknowledged_by"] == ("text", "YES")
+            assert cols["acknowledged_note"] == ("text", "YES")
+    # Running it again changes nothing.
+    migrate(make_settings(services, empty_database_url, topic_names))
+    with psycopg.connect(empty_database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM backup_versions").fetchone() == (4,)
