@@ -178,6 +178,11 @@ def restore(
             for p in range(needed)
             if request.selection.wants(p)
         }
+        if not any(e.records for e in extents.values()):
+            raise RestoreError(
+                f"nothing to restore: no backed-up record of {source_topic} version {version} "
+                f"matches the selection ({request.selection.describe()}); no topic was created"
+            )
         new_config, described = _target_config(
             admin, request, target, source_configs, extents, timeout
         )

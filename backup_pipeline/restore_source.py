@@ -57,6 +57,26 @@ class Selection:
     def bounds(self, partition: int) -> tuple[int | None, int | None]:
         return self.offsets.get(partition, (None, None))
 
+    def describe(self) -> str:
+        """The selection as a person would write it (CLI options' words)."""
+        parts: list[str] = []
+        if self.partitions is not None:
+            parts.append("partitions " + ",".join(map(str, self.partitions)))
+        for p, (first, last) in sorted(self.offsets.items()):
+            parts.append(
+                f"offsets {p}:{'' if first is None else first}-{'' if last is None else last}"
+            )
+        if self.since is not None:
+            parts.append(f"since {self.since.isoformat()}")
+        if self.until is not None:
+            parts.append(f"until {self.until.isoformat()}")
+        if self.keys is not None:
+            parts.append(f"{len(self.keys)} keys")
+        if self.arbeidssoeker_ids is not None:
+            parts.append("arbeidssoeker ids " + ",".join(map(str, self.arbeidssoeker_ids)))
+        parts.append("quarantined included" if self.include_quarantined else "quarantined left out")
+        return "; ".join(parts)
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["offsets"] = {str(p): list(b) for p, b in self.offsets.items()}

@@ -260,7 +260,36 @@ def test_partial_restores_by_offset_range_time_range_and_key(settings, producer,
     until = datetime.fromtimestamp((BASE_MS + 6000) / 1000, UTC)
     assert run("time", Selection(since=since, until=until)) == [3, 4, 5]
     assert run("keys", Selection(keys=(key(-3), key(4)))) == [0, 7]
-    assert run("parts", Selection(partitions=(1, 2))) == []
+
+
+def test_a_selection_that_matches_nothing_fails_in_one_line_and_creates_nothing(
+    settings, db, producer, admin, services, database_url
+):
+    _backed_up_sequence(settings, producer)
+    topic = settings.topic(BEKREFTELSER)
+
+    def restore_topics() -> set[str]:
+        return {t for t in admin.list_topics(timeout=10).topics if t.startswith(topic)}
+
+    before = restore_topics()
+    env = {
+        "KAFKA_BROKERS": services["KAFKA_BROKERS"],
+        "DATABASE_URL": database_url,
+        BEKREFTELSER.topic_env_var: topic,
+    }
+    result = CliRunner().invoke(
+        restore_command, ["--table", "bekreftelser", "--version", "99"], env=env
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1
+    assert result.output.startswith("error: nothing to restore") and "version 99" in result.output
+    # Partitions 1 and 2 hold nothing of this backup (all ten records are in partition 0).
+    with pytest.raises(RestoreError, match=r"nothing to restore.*partitions 1,2"):
+        restore(settings, RestoreRequest("bekreftelser", selection=Selection(partitions=(1, 2))))
+    with pytest.raises(RestoreError, match="nothing to restore"):
+        restore(settings, RestoreRequest("bekreftelser", selection=Selection(keys=(key(999),))))
+    assert restore_topics() == before == {topic}
+    assert db.execute("SELECT count(*) FROM restore_runs").fetchone()[0] == 0
 
 
 def test_a_person_filter_restores_only_their_events(settings, producer, services):
