@@ -52,7 +52,11 @@ class Selection:
     include_quarantined: bool = False
 
     def wants(self, partition: int) -> bool:
-        return self.partitions is None or partition in self.partitions
+        """Naming offset ranges selects those partitions only; ``partitions`` adds whole
+        ones. Neither given: every partition."""
+        if self.partitions is None and not self.offsets:
+            return True
+        return partition in self.offsets or partition in (self.partitions or ())
 
     def bounds(self, partition: int) -> tuple[int | None, int | None]:
         return self.offsets.get(partition, (None, None))

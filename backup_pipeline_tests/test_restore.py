@@ -262,6 +262,45 @@ def test_partial_restores_by_offset_range_time_range_and_key(settings, producer,
     assert run("keys", Selection(keys=(key(-3), key(4)))) == [0, 7]
 
 
+def test_offset_ranges_select_only_their_partitions_unless_others_are_named(
+    settings, producer, services
+):
+    brokers = services["KAFKA_BROKERS"]
+    topic = settings.topic(BEKREFTELSER)
+    for i, r in enumerate(good_records(BEKREFTELSER, 30, seed=8)):
+        producer.produce(topic, key=key(i), value=r.value, partition=i % 3)
+    producer.flush(30)
+    backup_topic(settings, BEKREFTELSER)
+
+    def restored(name: str, selection: Selection) -> dict[int, list[int]]:
+        report = restore(
+            settings,
+            RestoreRequest("bekreftelser", target_topic=f"{topic}.{name}", selection=selection),
+        )
+        by_partition = {
+            p: [int(dict(h)["backup.source.offset"]) for *_, h, _ in records]
+            for p, records in read_topic(brokers, f"{topic}.{name}").items()
+        }
+        assert report.restored == sum(len(o) for o in by_partition.values())
+        return by_partition
+
+    assert restored("two", Selection(offsets={0: (0, 3), 1: (0, 1)})) == {
+        0: [0, 1, 2, 3],
+        1: [0, 1],
+        2: [],
+    }
+    assert restored("plus", Selection(partitions=(2,), offsets={0: (8, None)})) == {
+        0: [8, 9],
+        1: [],
+        2: list(range(10)),
+    }
+    assert restored("within", Selection(partitions=(0,), offsets={0: (None, 1)})) == {
+        0: [0, 1],
+        1: [],
+        2: [],
+    }
+
+
 def test_a_selection_that_matches_nothing_fails_in_one_line_and_creates_nothing(
     settings, db, producer, admin, services, database_url
 ):

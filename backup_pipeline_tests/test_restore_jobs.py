@@ -45,6 +45,35 @@ def test_the_restore_job_writes_the_backup_to_a_new_topic(env, settings, produce
     assert metadata["status"].value == "completed"
 
 
+def test_the_restore_jobs_offsets_select_only_their_partitions(
+    env, settings, producer, topic_names
+):
+    records = good_records(BEKREFTELSER, 12)
+    for partition in range(3):
+        produce(producer, topic_names["bekreftelser"], records[partition::3], partition=partition)
+    backup_topic(settings, BEKREFTELSER)
+    target = topic_names["bekreftelser"] + ".offsets-by-dagster"
+    config = {
+        "ops": {
+            "restore_topic": {
+                "config": {
+                    "table": "bekreftelser",
+                    "target_topic": target,
+                    "offsets": {"1": [0, 1]},
+                }
+            }
+        }
+    }
+    result = restore_job.execute_in_process(
+        run_config=config, instance=dg.DagsterInstance.ephemeral()
+    )
+    assert result.success
+    (event,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    metadata = event.event_specific_data.metadata
+    assert metadata["by_partition"].value == {"1": 2}
+    assert metadata["records_restored"].value == 2
+
+
 def test_the_verify_check_passes_then_finds_a_changed_row(env, settings, producer, topic_names, db):
     produce(producer, topic_names["bekreftelser"], good_records(BEKREFTELSER, 20))
     backup_topic(settings, BEKREFTELSER)
