@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
+from dataclasses import dataclass, field
 from typing import cast
 
 import psycopg
@@ -208,6 +209,119 @@ def _run_locked(
         lanes.finish()
 
 
+@dataclass
+class FollowOutcome:
+    """How a follow run ended: after how many passes, and why."""
+
+    passes: int = 0
+    ended_because: str = ""
+    skipped: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def follow(
+    conn: psycopg.Connection,
+    consumer: Consumer,
+    spec: TopicSpec,
+    topic: str,
+    version: int,
+    outcome: FollowOutcome,
+    *,
+    until: float,
+    poll_seconds: float = 1.0,
+    should_stop: Callable[[], bool] = lambda: False,
+    batch_size: int = 10_000,
+    batch_bytes: int = 8 * 1024 * 1024,
+    max_records: int = 0,
+    lock_wait_seconds: float = 0.0,
+    kafka_timeout: float = 10.0,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
+    more_connections: Callable[[], Sequence[psycopg.Connection]] | None = None,
+) -> Iterator[PassReport]:
+    """Passes one after another, holding the writer lock, until ``until`` (monotonic).
+
+    Each pass is an ordinary pass (HWM to the end offsets captured when it starts, rows and
+    HWMs committed batch by batch, ``max_records`` at most); between passes, once caught up,
+    it looks for new records every ``poll_seconds``. So a record is stored about a poll
+    interval after Kafka acknowledged it, without starting a process per pass. It ends early
+    when another writer asks for the topic (handoff: see hwm.WriterLock), when
+    ``should_stop()`` says so, or when a pass reports an error. Each pass's report is
+    yielded once its batches committed; ``outcome`` says how it ended.
+    """
+    _prepare(conn, lock_timeout)
+    hwm.ensure_rows(conn, version, topic, source.partitions(consumer, topic, kafka_timeout))
+    lock = hwm.WriterLock(conn, topic, version)
+    if not lock.acquire(lock_wait_seconds):
+        outcome.skipped = (
+            f"another pass is backing up {topic} version {version}; this one did nothing"
+        )
+        log.info(outcome.skipped)
+        return
+    try:
+        extra = list(more_connections()) if more_connections else []
+        for other in extra:
+            _prepare(other, lock_timeout)
+        while True:
+            started = time.monotonic()
+            partitions = source.partitions(consumer, topic, kafka_timeout)
+            # A partition added while we follow gets its -1 row on the next pass.
+            hwm.ensure_rows(conn, version, topic, partitions)
+            report = PassReport(topic=topic, table=spec.table, version=version)
+            _run_locked(
+                conn,
+                consumer,
+                spec,
+                topic,
+                version,
+                report,
+                partitions,
+                batch_size=batch_size,
+                batch_bytes=batch_bytes,
+                max_records=max_records,
+                kafka_timeout=kafka_timeout,
+                extra_connections=extra,
+            )
+            report.duration_seconds = time.monotonic() - started
+            outcome.passes += 1
+            yield report
+            if report.errors:
+                outcome.errors = report.errors
+                outcome.ended_because = "a pass reported errors"
+                return
+            if report.lag > 0 and not (reason := _why_end(lock, until, should_stop)):
+                continue  # a capped pass: go on at once
+            while not (reason := _why_end(lock, until, should_stop)):
+                time.sleep(max(0.0, min(poll_seconds, until - time.monotonic())))
+                if _has_new_records(consumer, topic, report, kafka_timeout):
+                    break
+            if reason:
+                outcome.ended_because = reason
+                log.info("%s (v%d): follow run ends: %s", topic, version, reason)
+                return
+    finally:
+        lock.release()
+
+
+def _why_end(lock: hwm.WriterLock, until: float, should_stop: Callable[[], bool]) -> str:
+    if time.monotonic() >= until:
+        return "its time is up"
+    if should_stop():
+        return "it was asked to stop"
+    if lock.handoff_requested():
+        return "another writer asked for the topic"
+    return ""
+
+
+def _has_new_records(consumer: Consumer, topic: str, last: PassReport, timeout: float) -> bool:
+    done = {p.partition: p.hwm_after for p in last.partitions}
+    for partition in source.partitions(consumer, topic, timeout):
+        if partition not in done:
+            return True
+        if source.watermarks(consumer, topic, partition, timeout).end > done[partition] + 1:
+            return True
+    return False
+
+
 @contextmanager
 def _cyclic_gc_paused() -> Iterator[None]:
     """The loop allocates a few tuples per record and no reference cycles, so reference
@@ -303,6 +417,46 @@ def backup_topic(
     raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
 
+def follow_topic(
+    settings: Settings,
+    spec: TopicSpec,
+    outcome: FollowOutcome,
+    *,
+    version: int,
+    seconds: float,
+    should_stop: Callable[[], bool] = lambda: False,
+    lock_wait_seconds: float = 0.0,
+) -> Iterator[PassReport]:
+    """:func:`follow` for ``seconds`` with connections made from settings, closed afterwards.
+
+    A lost PostgreSQL or Kafka connection is retried like a pass (BACKUP_PASS_ATTEMPTS);
+    the retry resumes from the committed HWMs and keeps the same end time.
+    """
+    topic = settings.topic(spec)
+    until = time.monotonic() + seconds
+    lock_timeout = lock_timeout_seconds()
+    for attempt in pass_retrying(f"follow run of {topic} version {version}", pass_attempts()):
+        with attempt, _connections(settings, topic, version) as (conn, consumer, more):
+            yield from follow(
+                conn,
+                consumer,
+                spec,
+                topic,
+                version,
+                outcome,
+                until=until,
+                poll_seconds=settings.backup_follow_poll_seconds,
+                should_stop=should_stop,
+                batch_size=settings.backup_batch_size,
+                batch_bytes=settings.backup_batch_bytes,
+                max_records=settings.backup_follow_pass_records,
+                lock_wait_seconds=lock_wait_seconds,
+                kafka_timeout=settings.kafka_timeout_seconds,
+                lock_timeout=lock_timeout,
+                more_connections=more,
+            )
+
+
 def _backup_topic_once(
     settings: Settings,
     spec: TopicSpec,
@@ -312,6 +466,32 @@ def _backup_topic_once(
     lock_wait_seconds: float,
     lock_timeout: float,
 ) -> PassReport:
+    with _connections(settings, topic, version) as (conn, consumer, more):
+        return run_pass(
+            conn,
+            consumer,
+            spec,
+            topic,
+            version,
+            batch_size=settings.backup_batch_size,
+            batch_bytes=settings.backup_batch_bytes,
+            max_records=(
+                settings.backup_max_records_per_pass if max_records is None else max_records
+            ),
+            lock_wait_seconds=lock_wait_seconds,
+            kafka_timeout=settings.kafka_timeout_seconds,
+            lock_timeout=lock_timeout,
+            more_connections=more,
+        )
+
+
+_Connections = tuple[psycopg.Connection, Consumer, Callable[[], Sequence[psycopg.Connection]]]
+
+
+@contextmanager
+def _connections(settings: Settings, topic: str, version: int) -> Iterator[_Connections]:
+    """A consumer and a writer connection (more on demand), closed afterwards; a PostgreSQL
+    error becomes one readable line."""
     consumer = open_consumer(settings)
     try:
         with ExitStack() as stack:
@@ -323,22 +503,7 @@ def _backup_topic_once(
                 return connections[1:]
 
             try:
-                return run_pass(
-                    connections[0],
-                    consumer,
-                    spec,
-                    topic,
-                    version,
-                    batch_size=settings.backup_batch_size,
-                    batch_bytes=settings.backup_batch_bytes,
-                    max_records=(
-                        settings.backup_max_records_per_pass if max_records is None else max_records
-                    ),
-                    lock_wait_seconds=lock_wait_seconds,
-                    kafka_timeout=settings.kafka_timeout_seconds,
-                    lock_timeout=lock_timeout,
-                    more_connections=more_connections,
-                )
+                yield connections[0], consumer, more_connections
             except psycopg.OperationalError as exc:
                 raise _database_error(exc, connections, settings, topic, version) from None
     finally:

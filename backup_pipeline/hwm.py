@@ -80,6 +80,11 @@ class WriterLock:
     Session-level, so it spans the pass's many batch transactions, and PostgreSQL drops it
     by itself when the holder's connection dies (a killed process never blocks a topic).
     Other versions of the same topic use other keys and run freely beside it.
+
+    A writer that waits for the lock holds a second, *handoff* key meanwhile. A long-running
+    follow pass checks that key between passes and hands the topic over (ends) when someone
+    holds it, so a manual run, a CLI pass or the next follow run takes over within about one
+    pass instead of waiting for the follower's whole run.
     """
 
     def __init__(self, conn: psycopg.Connection, topic: str, version: int) -> None:
@@ -88,28 +93,50 @@ class WriterLock:
         self._version = version
         self.held = False
 
+    def _call(self, function: str, key: str) -> bool:
+        row = self._conn.execute(
+            f"SELECT {function}(hashtext(%s), %s)",
+            (key, self._version),
+        ).fetchone()
+        if not self._conn.autocommit:
+            self._conn.commit()
+        return bool(row and row[0])
+
+    @property
+    def _key(self) -> str:
+        return f"backup_pipeline:{self._topic}"
+
+    @property
+    def _handoff_key(self) -> str:
+        return f"backup_pipeline:handoff:{self._topic}"
+
     def acquire(self, wait_seconds: float = 0.0) -> bool:
+        if self._call("pg_try_advisory_lock", self._key):
+            self.held = True
+            return True
+        if wait_seconds <= 0:
+            return False
         deadline = time.monotonic() + wait_seconds
-        while True:
-            got = self._conn.execute(
-                "SELECT pg_try_advisory_lock(hashtext(%s), %s)",
-                (f"backup_pipeline:{self._topic}", self._version),
-            ).fetchone()
-            if not self._conn.autocommit:
-                self._conn.commit()
-            if got and got[0]:
-                self.held = True
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.2)
+        asking = self._call("pg_try_advisory_lock", self._handoff_key)
+        try:
+            while time.monotonic() < deadline:
+                time.sleep(0.2)
+                if self._call("pg_try_advisory_lock", self._key):
+                    self.held = True
+                    return True
+            return False
+        finally:
+            if asking and not self._conn.closed:
+                self._call("pg_advisory_unlock", self._handoff_key)
+
+    def handoff_requested(self) -> bool:
+        """Whether another writer is waiting for this lock (it holds the handoff key)."""
+        if self._call("pg_try_advisory_lock", self._handoff_key):
+            self._call("pg_advisory_unlock", self._handoff_key)
+            return False
+        return True
 
     def release(self) -> None:
         if self.held and not self._conn.closed:
-            self._conn.execute(
-                "SELECT pg_advisory_unlock(hashtext(%s), %s)",
-                (f"backup_pipeline:{self._topic}", self._version),
-            )
-            if not self._conn.autocommit:
-                self._conn.commit()
+            self._call("pg_advisory_unlock", self._key)
         self.held = False

@@ -126,6 +126,28 @@ class Settings(BaseModel):
         pattern=r"^([a-z_]+(:[1-9][0-9]*)?)?$",
         validation_alias="BACKUP_PIPELINE_FAILPOINT",
     )
+    # The run model (README, "How runs work"): a sensor keeps one follow run per topic and
+    # version active; it passes from the HWMs to the end again and again for this long,
+    # looking for new records every BACKUP_FOLLOW_POLL_SECONDS once caught up.
+    backup_run_follow_seconds: float = Field(
+        default=600.0, ge=10, le=3600, validation_alias="BACKUP_RUN_FOLLOW_SECONDS"
+    )
+    backup_follow_poll_seconds: float = Field(
+        default=1.0, gt=0, le=60, validation_alias="BACKUP_FOLLOW_POLL_SECONDS"
+    )
+    # Records per pass of a follow run: between passes it checks whether another writer
+    # (a manual run, the next follow run) is waiting, so this bounds the handover time.
+    backup_follow_pass_records: int = Field(
+        default=200_000, ge=1, validation_alias="BACKUP_FOLLOW_PASS_RECORDS"
+    )
+    # A follow run reports a materialization at most this often (and when it ends).
+    backup_materialize_every_seconds: float = Field(
+        default=60.0, ge=1, validation_alias="BACKUP_MATERIALIZE_EVERY_SECONDS"
+    )
+    # The lag check fails once the lag has stayed above BACKUP_CAUGHT_UP_MAX_LAG this long.
+    backup_lag_alert_seconds: float = Field(
+        default=300.0, ge=0, validation_alias="BACKUP_LAG_ALERT_SECONDS"
+    )
 
     topic_names: dict[str, str] = Field(default_factory=dict, exclude=True)
 

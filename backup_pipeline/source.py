@@ -22,6 +22,7 @@ class ReadConsumer(Protocol):
     def assign(self, partitions: list[TopicPartition]) -> None: ...
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]: ...
     def pause(self, partitions: list[TopicPartition]) -> None: ...
+    def resume(self, partitions: list[TopicPartition]) -> None: ...
     def unassign(self) -> None: ...
 
 
@@ -93,7 +94,11 @@ def read(
     remaining = {p for p in plan.start if plan.start[p] < plan.end[p]}
     if not remaining:
         return
-    consumer.assign([TopicPartition(topic, p, plan.start[p]) for p in sorted(remaining)])
+    assigned = [TopicPartition(topic, p, plan.start[p]) for p in sorted(remaining)]
+    consumer.assign(assigned)
+    # librdkafka keeps a partition's pause across unassign/assign: a follow run reads with
+    # the same consumer pass after pass, and the previous pass paused what it finished.
+    consumer.resume(assigned)
     messages: list[Message] = []
     moved: dict[int, int] = {}
     no_record: dict[int, int] = {}

@@ -44,6 +44,9 @@ class FakeConsumer:
     def pause(self, partitions: list[TopicPartition]) -> None:
         self.paused.update(tp.partition for tp in partitions)
 
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.paused.difference_update(tp.partition for tp in partitions)
+
     def unassign(self) -> None:
         self.position.clear()
         self.unassigned = True

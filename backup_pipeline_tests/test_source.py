@@ -200,3 +200,11 @@ def test_a_finished_partition_is_paused_and_its_late_eof_ignored() -> None:
     assert 0 in consumer.paused
     assert offsets(batches, 0) == [0, 1]
     assert final_hwms(batches) == {0: 1, 1: 7}
+
+
+def test_a_second_read_on_the_same_consumer_reads_what_the_first_one_paused() -> None:
+    # A follow run reads pass after pass with one consumer; librdkafka keeps the pause the
+    # first pass put on a finished partition across unassign/assign.
+    consumer = FakeConsumer(TOPIC, {0: records(3)})
+    assert offsets(read_all(consumer, {0: 0}, {0: 2})) == [0, 1]
+    assert offsets(read_all(consumer, {0: 2}, {0: 3})) == [2]
