@@ -1,31 +1,38 @@
-"""The operator CLI: ``backup-pipeline migrate | backup | status | restore | verify | ...``."""
+"""The operator CLI: ``backup-pipeline migrate | backup | status | acknowledge | restore |
+verify | ...``."""
 
 from __future__ import annotations
 
 import logging
 import sys
 from contextlib import closing
+from typing import TYPE_CHECKING, Literal
 
 import click
-import pandas as pd
-from confluent_kafka.admin import AdminClient
 
-from backup_pipeline import backup, db, logs, migrate, status, versions
 from backup_pipeline.cli_common import friendly_errors, maybe_migrate
 from backup_pipeline.cli_restore import restore_command, verify_command
-from backup_pipeline.kafka_config import admin_config
-from backup_pipeline.settings import Settings, load_settings
-from backup_pipeline.topics import TABLES, TOPICS, spec_for_table
+from backup_pipeline.topics import TABLES, TOPICS, TopicSpec, spec_for_table
+
+# Each command imports the engine modules it uses: `backup-pipeline --help` and a command
+# that fails on its settings should not wait for the engine, Kafka's admin client or logs.
+if TYPE_CHECKING:
+    from backup_pipeline.settings import Settings
+    from backup_pipeline.versions import VersionState
 
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
 def main(verbose: bool) -> None:
     """Keep an exactly-once copy of Kafka topics in PostgreSQL."""
+    from backup_pipeline import logs
+
     logs.configure(logging.DEBUG if verbose else logging.INFO)
 
 
 def _settings() -> Settings:
+    from backup_pipeline.settings import load_settings
+
     return load_settings()
 
 
@@ -33,6 +40,8 @@ def _settings() -> Settings:
 @friendly_errors
 def migrate_command() -> None:
     """Apply pending schema migrations (idempotent)."""
+    from backup_pipeline import db, migrate
+
     settings = _settings()
     before, after = migrate.migrate(settings)
     if before == after:
@@ -55,57 +64,156 @@ def migrate_command() -> None:
     default=None,
     help="Stop each pass after this many records (default BACKUP_MAX_RECORDS_PER_PASS).",
 )
+@click.option(
+    "--version",
+    type=int,
+    default=None,
+    help="Write into this version only (default: the serving version, and the one being "
+    "re-ingested if any).",
+)
+@click.option("--allow-retired", is_flag=True, help="Allow --version to name a retired version.")
 @click.option("--no-migrate", is_flag=True, help="Do not apply pending migrations first.")
 @friendly_errors
-def backup_command(tables: tuple[str, ...], max_records: int | None, no_migrate: bool) -> None:
-    """Run one backup pass per topic and print the report."""
+def backup_command(
+    tables: tuple[str, ...],
+    max_records: int | None,
+    version: int | None,
+    allow_retired: bool,
+    no_migrate: bool,
+) -> None:
+    """Run one backup pass per topic and version and print the reports."""
+    from backup_pipeline import backup
+
     settings = _settings()
     maybe_migrate(settings, no_migrate)
     failed = False
     for spec in TOPICS:
         if tables and spec.table not in tables:
             continue
-        report = backup.backup_topic(settings, spec, max_records=max_records)
-        click.echo(report.summary())
-        failed = failed or bool(report.errors)
+        if version is not None:
+            targets = [version]
+        else:
+            # As a sensor tick does: the serving version, and the target while it catches up.
+            state = _reconcile(settings, spec)
+            targets = [state.serving] + ([state.target] if state.reingesting else [])
+        for v in targets:
+            report = backup.backup_topic(
+                settings, spec, version=v, max_records=max_records, allow_retired=allow_retired
+            )
+            click.echo(report.summary())
+            failed = failed or bool(report.errors)
+        click.echo(f"{spec.table}: {_reconcile(settings, spec).summary()}")
     if failed:
         sys.exit(1)
 
 
+def _reconcile(settings: Settings, spec: TopicSpec) -> VersionState:
+    """Record BACKUP_VERSION and promote a caught-up re-ingestion (versions.reconcile)."""
+    from backup_pipeline import backup, db, status, versions
+
+    consumer = backup.open_consumer(settings)
+    try:
+        marks = status.snapshot(consumer, settings.topic(spec), settings.kafka_timeout_seconds)
+        with closing(db.connect(settings, autocommit=True)) as conn:
+            return versions.reconcile(
+                conn,
+                spec,
+                settings.topic(spec),
+                settings.backup_version,
+                marks,
+                caught_up_max_lag=settings.backup_caught_up_max_lag,
+            )
+    finally:
+        consumer.close()
+
+
 @main.command("status")
+@click.option(
+    "--table",
+    "tables",
+    multiple=True,
+    type=click.Choice(TABLES),
+    help="Only these tables (default: all).",
+)
+@click.option(
+    "--version",
+    type=int,
+    default=None,
+    help="Show this version (default: the serving one, and the one being re-ingested).",
+)
 @friendly_errors
-def status_command() -> None:
-    """Per topic and partition: HWM, end offset, lag, quarantined and lost records."""
+def status_command(tables: tuple[str, ...], version: int | None) -> None:
+    """Per table: versions and re-ingestion progress, unacknowledged problems; per
+    partition: HWM, end offset, lag, quarantined and lost records."""
+    from backup_pipeline import backup, db, status
+
     settings = _settings()
     consumer = backup.open_consumer(settings)
     try:
         with closing(db.connect(settings, autocommit=True)) as conn:
-            rows = []
-            for spec in TOPICS:
-                for part in status.topic_status(
+            statuses = [
+                status.table_status(
                     conn,
                     consumer,
                     spec,
                     settings.topic(spec),
-                    versions.resolve_read_version(conn, spec.table, settings.backup_version),
-                    settings.kafka_timeout_seconds,
-                ):
-                    rows.append(
-                        {
-                            "table": part.table,
-                            "topic": part.topic,
-                            "version": part.version,
-                            "partition": part.partition,
-                            "hwm": part.hwm,
-                            "end_offset": part.end_offset,
-                            "lag": part.lag,
-                            "quarantined": part.quarantined,
-                            "lost": part.lost,
-                        }
-                    )
+                    settings.backup_version,
+                    caught_up_max_lag=settings.backup_caught_up_max_lag,
+                    timeout=settings.kafka_timeout_seconds,
+                    version=version,
+                )
+                for spec in TOPICS
+                if not tables or spec.table in tables
+            ]
     finally:
         consumer.close()
-    click.echo(pd.DataFrame(rows).to_string(index=False) if rows else "no partitions")
+    click.echo(status.render(statuses))
+
+
+@main.command("acknowledge")
+@click.option("--table", required=True, type=click.Choice(TABLES), help="Backed-up table.")
+@click.option("--quarantine", "what", flag_value="quarantine", help="Quarantined records.")
+@click.option("--gaps", "what", flag_value="gaps", help="Offsets lost to retention.")
+@click.option("--by", required=True, help="Who reviewed them (recorded).")
+@click.option("--note", required=True, help="What was found or done (recorded).")
+@click.option(
+    "--up-to-id",
+    type=int,
+    default=None,
+    help="Only rows with id <= N (the ones you reviewed; later ones stay open).",
+)
+@click.option("--version", type=int, default=None, help="Version (default: the serving one).")
+@friendly_errors
+def acknowledge_command(
+    table: str,
+    what: Literal["quarantine", "gaps"] | None,
+    by: str,
+    note: str,
+    up_to_id: int | None,
+    version: int | None,
+) -> None:
+    """Record that quarantined records or lost offsets were reviewed; nothing is deleted.
+
+    Checks and status count only unacknowledged ones, so they settle once dealt with.
+    """
+    from backup_pipeline import acknowledge, db, versions
+
+    if what is None:
+        raise click.UsageError("give --quarantine or --gaps")
+    settings = _settings()
+    spec = spec_for_table(table)
+    topic = settings.topic(spec)
+    with closing(db.connect(settings, autocommit=True)) as conn:
+        version = versions.resolve_read_version(conn, table, version)
+        done = acknowledge.acknowledge_rows(conn, table, topic, version, what, by, note, up_to_id)
+        left = acknowledge.unacknowledged(conn, topic, version)
+    kind = "quarantined records" if what == "quarantine" else "lost offsets"
+    ids = f" (ids {done.ids[0]}..{done.ids[-1]})" if done.ids else ""
+    click.echo(
+        f"acknowledged {done.count} {what} rows{ids}, {done.records} {kind}, of {table} "
+        f"version {version} (topic {topic}) by {by}: {note}"
+    )
+    click.echo(f"{table} version {version}: {left.describe()}")
 
 
 @main.command("create-topics")
@@ -113,6 +221,9 @@ def status_command() -> None:
 @friendly_errors
 def create_topics_command(partitions: int) -> None:
     """Create the three topics if they don't exist (for the demo and local testing)."""
+    from confluent_kafka.admin import AdminClient
+
+    from backup_pipeline.kafka_config import admin_config
     from backup_pipeline.topics_admin import create_topics
 
     settings = _settings()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from functools import wraps
 from typing import Any
 
@@ -34,6 +35,16 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(2)
 
     return wrapper
+
+
+def echo_versions(settings: Settings, table: str) -> None:
+    """Which versions of ``table`` exist and their state, so an operator sees which one a
+    command used among them (verify and restore default to the serving one)."""
+    # Imported on use: every command imports this module, and versions pulls in Kafka.
+    from backup_pipeline import db, versions
+
+    with closing(db.connect(settings, autocommit=True)) as conn:
+        click.echo(f"{table}: {versions.describe_recorded(conn, table)}")
 
 
 def maybe_migrate(settings: Settings, skip: bool) -> None:

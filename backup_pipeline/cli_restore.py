@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from backup_pipeline.cli_common import friendly_errors, maybe_migrate
+from backup_pipeline.cli_common import echo_versions, friendly_errors, maybe_migrate
 from backup_pipeline.restore import RestoreReport, RestoreRequest, restore, resume
 from backup_pipeline.restore_source import Selection
 from backup_pipeline.settings import load_settings
@@ -71,7 +71,9 @@ _DATETIME = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%
 @click.command("restore")
 @click.option("--table", type=click.Choice(TABLES), help="Backed-up table to restore.")
 @click.option("--topic", "source_topic", help="Or: the source topic whose backup to restore.")
-@click.option("--version", type=int, default=None, help="Backup version (default: current).")
+@click.option(
+    "--version", type=int, default=None, help="Backup version (default: the serving one)."
+)
 @click.option("--target", default=None, help="Target topic (default <topic>.restored-<UTC>).")
 @click.option("--partition", "partitions", type=int, multiple=True, help="Only these.")
 @click.option("--offsets", multiple=True, help="PARTITION:FIRST-LAST, inclusive; repeatable.")
@@ -153,6 +155,7 @@ def restore_command(
     finally:
         bar.close()
     click.echo(report.summary())
+    echo_versions(settings, report.source_table)
     if report.status != "completed":
         click.echo(f"resume with: backup-pipeline restore --resume {report.run_id}")
 
@@ -161,7 +164,9 @@ def restore_command(
 @click.option("--table", type=click.Choice(TABLES), help="Backed-up table to verify.")
 @click.option("--topic", "source_topic", help="Or: the source topic whose backup to verify.")
 @click.option("--against", "against", default=None, help="Topic to compare (default: source).")
-@click.option("--version", type=int, default=None, help="Backup version (default: current).")
+@click.option(
+    "--version", type=int, default=None, help="Backup version (default: the serving one)."
+)
 @click.option("--partition", "partitions", type=int, multiple=True, help="Only these.")
 @click.option("--sample", type=int, default=0, help="Check N random offsets per partition.")
 @click.option("--seed", type=int, default=None, help="Random seed for --sample.")
@@ -178,8 +183,9 @@ def verify_command(
     """Compare the backup with a topic (the live one or a restored one), per offset."""
     if not (table or source_topic):
         raise click.UsageError("give --table or --topic")
+    settings = load_settings()
     report = verify(
-        load_settings(),
+        settings,
         table,
         source_topic=source_topic,
         topic=against,
@@ -189,5 +195,6 @@ def verify_command(
         seed=seed,
     )
     click.echo(report.summary())
+    echo_versions(settings, report.table)
     if not report.ok:
         sys.exit(1)

@@ -1,4 +1,5 @@
-"""Where the backup stands: per topic and partition, HWM, end offset, lag, problems."""
+"""Where the backup stands: per topic and partition, HWM, end offset, lag, problems; per
+table, which versions exist, how far a re-ingestion is, what nobody acknowledged yet."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from dataclasses import dataclass
 import psycopg
 from confluent_kafka import Consumer
 
-from backup_pipeline import hwm, source
+from backup_pipeline import acknowledge, hwm, source, versions
 from backup_pipeline.topics import TopicSpec
+from backup_pipeline.versions import VersionState
 
 
 @dataclass
@@ -82,3 +84,99 @@ def topic_status(
             )
         )
     return result
+
+
+@dataclass(frozen=True)
+class TableStatus:
+    state: VersionState
+    # The serving version's partitions, then those of the version being re-ingested (or
+    # only those of the version asked for).
+    partitions: list[PartitionStatus]
+    unacknowledged: acknowledge.Unacknowledged
+
+
+def table_status(
+    conn: psycopg.Connection,
+    consumer: Consumer,
+    spec: TopicSpec,
+    topic: str,
+    target: int | None,
+    *,
+    caught_up_max_lag: int,
+    timeout: float = 10.0,
+    version: int | None = None,
+) -> TableStatus:
+    """Reconcile the table's versions (versions.reconcile), then its status: by default the
+    serving version and the one being re-ingested; ``version`` shows that one instead."""
+    # PostgreSQL first: an unmigrated database is told to migrate before Kafka is asked
+    # about topics that may not exist yet either.
+    versions.recorded_versions(conn, spec.table)
+    marks = snapshot(consumer, topic, timeout)
+    state = versions.reconcile(
+        conn, spec, topic, target, marks, caught_up_max_lag=caught_up_max_lag
+    )
+    if version is not None:
+        shown = [version]
+    else:
+        shown = [state.serving] + ([state.target] if state.reingesting else [])
+    partitions = [
+        part for v in shown for part in topic_status(conn, consumer, spec, topic, v, timeout, marks)
+    ]
+    return TableStatus(state, partitions, acknowledge.unacknowledged(conn, topic, shown[0]))
+
+
+STATUS_COLUMNS = (
+    "table",
+    "topic",
+    "version",
+    "state",
+    "partition",
+    "hwm",
+    "end_offset",
+    "lag",
+    "quarantined",
+    "lost",
+)
+
+
+def render(statuses: list[TableStatus]) -> str:
+    """A plain text table, then a line per table. Integers print as integers (a DataFrame
+    turned a column with a missing HWM into floats: 2517.0, NaN); no HWM yet prints -."""
+    rows: list[tuple[str, ...]] = []
+    for table in statuses:
+        lifecycle = {v.version: v.state.value for v in table.state.versions}
+        for p in table.partitions:
+            rows.append(
+                (
+                    p.table,
+                    p.topic,
+                    str(p.version),
+                    lifecycle.get(p.version, "unrecorded"),
+                    str(p.partition),
+                    "-" if p.hwm is None else str(p.hwm),
+                    str(p.end_offset),
+                    str(p.lag),
+                    str(p.quarantined),
+                    str(p.lost),
+                )
+            )
+    lines = [_aligned(STATUS_COLUMNS, rows)] if rows else ["no partitions"]
+    lines.append("")
+    for table in statuses:
+        name = table.partitions[0].table if table.partitions else table.state.topic
+        lines.append(f"{name}: {table.state.summary()}; {table.unacknowledged.describe()}")
+    return "\n".join(lines)
+
+
+def _aligned(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    # Text left, numbers right, as a person reads a table.
+    numeric = [i >= 2 and i != 3 for i in range(len(headers))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.rjust(w) if num else c.ljust(w)
+            for c, w, num in zip(cells, widths, numeric, strict=True)
+        ).rstrip()
+
+    return "\n".join([line(headers), *(line(r) for r in rows)])

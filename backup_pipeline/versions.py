@@ -89,6 +89,17 @@ class VersionState:
         return "versions: " + (", ".join(parts) or "none recorded")
 
 
+def describe_recorded(conn: psycopg.Connection, table: str) -> str:
+    """``versions: 1 retired, 2 serving, 3 re-ingesting``: what is recorded, without asking
+    Kafka for progress (VersionState.summary has it)."""
+    recorded = recorded_versions(conn, table)
+    names = {VersionLifecycle.REINGESTING: "re-ingesting"}
+    return "versions: " + (
+        ", ".join(f"{v.version} {names.get(v.state, v.state.value)}" for v in recorded)
+        or "none recorded"
+    )
+
+
 def _percent(done: int, total: int) -> int:
     # Floor, so 99.9% never reads as 100% while records are still missing.
     return 100 if total == 0 else done * 100 // total

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+import psycopg
 from click.testing import CliRunner
 
 from backup_pipeline.cli import main
@@ -24,16 +27,228 @@ def test_backup_then_status_shows_no_lag(services, database_url, topic_names, pr
     runner = CliRunner()
     status = runner.invoke(main, ["status"], env=env)
     assert status.exit_code == 0, status.output
-    lag_before = [line for line in status.output.splitlines() if "test.bekreftelser." in line]
-    assert sum(int(line.split()[6]) for line in lag_before) == 30
+    lag_before = status_rows(status.output, "bekreftelser")
+    assert sum(int(row[LAG]) for row in lag_before) == 30
+    assert all(row[HWM] == "-" for row in lag_before)  # nothing yet, not NaN
 
     result = runner.invoke(main, ["backup", "--table", "bekreftelser"], env=env)
     assert result.exit_code == 0, result.output
     assert "30 rows, 0 quarantined" in result.output
+    assert "bekreftelser: versions: 1 serving" in result.output
 
     status = runner.invoke(main, ["status"], env=env)
-    rows = [line.split() for line in status.output.splitlines() if "test.bekreftelser." in line]
-    assert len(rows) == 3 and all(row[6] == "0" for row in rows)
+    rows = status_rows(status.output, "bekreftelser")
+    assert len(rows) == 3 and all(row[LAG] == "0" for row in rows)
+    assert "bekreftelser: versions: 1 serving; unacknowledged: 0 quarantined" in status.output
+
+
+# Columns of `status`: table topic version state partition hwm end_offset lag quarantined lost
+VERSION, STATE, PARTITION, HWM, END, LAG = 2, 3, 4, 5, 6, 7
+
+
+def status_rows(output: str, table: str, version: int | None = None) -> list[list[str]]:
+    rows = [line.split() for line in output.splitlines() if line.startswith(f"{table} ")]
+    rows = [row for row in rows if len(row) == 10]
+    for row in rows:
+        # Every number an integer: no 2517.0, -1.0 or NaN.
+        for cell in row[VERSION:STATE] + row[PARTITION:]:
+            assert cell == "-" or re.fullmatch(r"-?\d+", cell), (cell, row)
+    return [row for row in rows if version is None or row[VERSION] == str(version)]
+
+
+def count(db: psycopg.Connection, table: str, version: int) -> int:
+    row = db.execute(f"SELECT count(*) FROM {table} WHERE version = %s", (version,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def switch_to_version_2(runner: CliRunner, env: dict[str, str]) -> None:
+    """Version 1 backed up, then version 2 re-ingested until it serves (BACKUP_VERSION=2)."""
+    assert runner.invoke(main, ["backup", "--table", "bekreftelser"], env=env).exit_code == 0
+    result = runner.invoke(
+        main, ["backup", "--table", "bekreftelser"], env={**env, "BACKUP_VERSION": "2"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "bekreftelser: versions: 1 retired, 2 serving" in result.output
+
+
+def test_status_shows_versions_and_reingestion_progress_in_integers(
+    services, database_url, topic_names, producer
+):
+    produce(producer, topic_names["bekreftelser"], good_records(BEKREFTELSER, 30))
+    env = cli_env(services, database_url, topic_names)
+    runner = CliRunner()
+    assert runner.invoke(main, ["backup", "--table", "bekreftelser"], env=env).exit_code == 0
+    v2 = {**env, "BACKUP_VERSION": "2", "BACKUP_CAUGHT_UP_MAX_LAG": "0"}
+
+    status = runner.invoke(main, ["status", "--table", "bekreftelser"], env=v2)
+    assert status.exit_code == 0, status.output
+    assert "versions: 1 serving, 2 re-ingesting 0% (0 of 30 records)" in status.output
+    assert [r[STATE] for r in status_rows(status.output, "bekreftelser", 2)] == ["reingesting"] * 3
+    assert {r[STATE] for r in status_rows(status.output, "bekreftelser", 1)} == {"serving"}
+
+    result = runner.invoke(
+        main, ["backup", "--table", "bekreftelser", "--max-records", "12"], env=v2
+    )
+    assert result.exit_code == 0, result.output
+    assert "versions: 1 serving, 2 re-ingesting 40% (12 of 30 records)" in result.output
+    # Without BACKUP_VERSION the CLI follows what is recorded: still re-ingesting 2.
+    strict = {**env, "BACKUP_CAUGHT_UP_MAX_LAG": "0"}
+    status = runner.invoke(main, ["status"], env=strict)
+    assert "bekreftelser: versions: 1 serving, 2 re-ingesting 40%" in status.output
+    v2_rows = status_rows(status.output, "bekreftelser", 2)
+    assert sum(int(r[LAG]) for r in v2_rows) == 18
+
+    result = runner.invoke(main, ["backup", "--table", "bekreftelser"], env=env)
+    assert "bekreftelser: versions: 1 retired, 2 serving" in result.output
+    status = runner.invoke(main, ["status", "--table", "bekreftelser"], env=env)
+    assert [r[VERSION] for r in status_rows(status.output, "bekreftelser")] == ["2"] * 3
+    # An explicit version shows that one.
+    status = runner.invoke(main, ["status", "--table", "bekreftelser", "--version", "1"], env=env)
+    assert {r[STATE] for r in status_rows(status.output, "bekreftelser", 1)} == {"retired"}
+
+
+def test_backup_without_a_version_writes_the_serving_version_not_the_retired_one(
+    services, database_url, topic_names, producer, db
+):
+    topic = topic_names["bekreftelser"]
+    produce(producer, topic, good_records(BEKREFTELSER, 10))
+    env = cli_env(services, database_url, topic_names)
+    runner = CliRunner()
+    switch_to_version_2(runner, env)
+    produce(producer, topic, good_records(BEKREFTELSER, 4, seed=2))
+
+    result = runner.invoke(main, ["backup", "--table", "bekreftelser"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "-> bekreftelser (v2): 4 rows" in result.output
+    assert (count(db, "bekreftelser", 1), count(db, "bekreftelser", 2)) == (10, 14)
+
+
+def test_backup_into_a_retired_version_needs_allow_retired(
+    services, database_url, topic_names, producer, db
+):
+    topic = topic_names["bekreftelser"]
+    produce(producer, topic, good_records(BEKREFTELSER, 10))
+    env = cli_env(services, database_url, topic_names)
+    runner = CliRunner()
+    switch_to_version_2(runner, env)
+    produce(producer, topic, good_records(BEKREFTELSER, 4, seed=2))
+
+    refused = runner.invoke(main, ["backup", "--table", "bekreftelser", "--version", "1"], env=env)
+    assert refused.exit_code == 2
+    assert "version 1 of bekreftelser is retired (serving: 2)" in refused.output
+    assert "--allow-retired" in refused.output and "Traceback" not in refused.output
+    assert count(db, "bekreftelser", 1) == 10
+
+    allowed = runner.invoke(
+        main, ["backup", "--table", "bekreftelser", "--version", "1", "--allow-retired"], env=env
+    )
+    assert allowed.exit_code == 0, allowed.output
+    assert count(db, "bekreftelser", 1) == 14
+    assert "versions: 1 retired, 2 serving" in allowed.output  # and it stays retired
+
+    # BACKUP_VERSION naming a retired version is refused too, naming what serves.
+    stale = runner.invoke(main, ["status"], env={**env, "BACKUP_VERSION": "1"})
+    assert stale.exit_code == 2 and "serving: 2" in stale.output
+
+
+def test_verify_and_restore_default_to_the_serving_version(
+    services, database_url, topic_names, producer
+):
+    topic = topic_names["bekreftelser"]
+    produce(producer, topic, good_records(BEKREFTELSER, 10))
+    env = cli_env(services, database_url, topic_names)
+    runner = CliRunner()
+    switch_to_version_2(runner, env)
+
+    verified = runner.invoke(main, ["verify", "--table", "bekreftelser"], env=env)
+    assert verified.exit_code == 0, verified.output
+    assert "verify bekreftelser v2 " in verified.output
+    assert "bekreftelser: versions: 1 retired, 2 serving" in verified.output
+    older = runner.invoke(main, ["verify", "--table", "bekreftelser", "--version", "1"], env=env)
+    assert "verify bekreftelser v1 " in older.output
+
+    target = f"{topic}.restored-cli"
+    restored = runner.invoke(
+        main, ["restore", "--table", "bekreftelser", "--target", target], env=env
+    )
+    assert restored.exit_code == 0, restored.output
+    assert "bekreftelser v2 " in restored.output and "10 records restored" in restored.output
+    assert "bekreftelser: versions: 1 retired, 2 serving" in restored.output
+
+
+def insert_problems(db: psycopg.Connection, topic: str) -> list[int]:
+    """Three quarantined records and a gap of 5 lost offsets (version 1); their ids."""
+    ids = [
+        db.execute(
+            "INSERT INTO backup_quarantine (version, kafka_topic, kafka_partition, "
+            "kafka_offset, reason) VALUES (1, %s, 0, %s, 'bad json') RETURNING id",
+            (topic, offset),
+        ).fetchone()[0]
+        for offset in (3, 7, 9)
+    ]
+    db.execute(
+        "INSERT INTO backup_gaps (version, kafka_topic, kafka_partition, first_lost_offset, "
+        "last_lost_offset, kind) VALUES (1, %s, 1, 10, 14, 'retention')",
+        (topic,),
+    )
+    return ids
+
+
+def test_acknowledge_records_who_and_why_and_status_counts_what_is_left(
+    services, database_url, topic_names, db
+):
+    topic = topic_names["bekreftelser"]
+    env = cli_env(services, database_url, topic_names)
+    runner = CliRunner()
+    ids = insert_problems(db, topic)
+    status = runner.invoke(main, ["status", "--table", "bekreftelser"], env=env)
+    assert "unacknowledged: 3 quarantined (oldest " in status.output
+    assert ", 5 lost offsets (oldest " in status.output
+
+    base = [
+        "acknowledge",
+        "--table",
+        "bekreftelser",
+        "--by",
+        "kari",
+        "--note",
+        "known producer bug",
+    ]
+    first = runner.invoke(main, [*base, "--quarantine", "--up-to-id", str(ids[1])], env=env)
+    assert first.exit_code == 0, first.output
+    assert f"acknowledged 2 quarantine rows (ids {ids[0]}..{ids[1]})" in first.output
+    assert (
+        "of bekreftelser version 1" in first.output
+        and "by kari: known producer bug" in first.output
+    )
+    assert "unacknowledged: 1 quarantined" in first.output
+
+    gaps = runner.invoke(main, [*base, "--gaps"], env=env)
+    assert gaps.exit_code == 0, gaps.output
+    assert "acknowledged 1 gaps rows" in gaps.output and "5 lost offsets" in gaps.output
+    status = runner.invoke(main, ["status", "--table", "bekreftelser"], env=env)
+    assert "unacknowledged: 1 quarantined (oldest " in status.output
+    assert ", 0 lost offsets" in status.output
+
+    # Recorded, never deleted: every row is still there, with who and why.
+    rows = db.execute(
+        "SELECT id, acknowledged_by, acknowledged_note, acknowledged_at IS NOT NULL "
+        "FROM backup_quarantine ORDER BY id"
+    ).fetchall()
+    assert rows == [
+        (ids[0], "kari", "known producer bug", True),
+        (ids[1], "kari", "known producer bug", True),
+        (ids[2], None, None, False),
+    ]
+
+
+def test_acknowledge_needs_quarantine_or_gaps(services, database_url, topic_names):
+    env = cli_env(services, database_url, topic_names)
+    result = CliRunner().invoke(
+        main, ["acknowledge", "--table", "bekreftelser", "--by", "kari", "--note", "x"], env=env
+    )
+    assert result.exit_code == 2 and "--quarantine or --gaps" in result.output
 
 
 def test_a_missing_setting_is_one_line_naming_the_variable():
