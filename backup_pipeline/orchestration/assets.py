@@ -1,13 +1,23 @@
 """One external asset per Kafka topic and one asset per backup table, from one factory."""
 
 import re
-from datetime import timedelta
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
 
 import dagster as dg
+import psycopg
 
-from backup_pipeline import logs
-from backup_pipeline.orchestration.jobs import RUN_CHECKS
-from backup_pipeline.orchestration.resources import BackupEngine, RunOutcome
+from backup_pipeline import backup, logs, versions
+from backup_pipeline.orchestration.jobs import TABLE_TAG, VERSION_TAG
+from backup_pipeline.orchestration.resources import (
+    BackupEngine,
+    accounted,
+    newest_record_time,
+    rows_stored,
+)
 from backup_pipeline.report import PassReport
 from backup_pipeline.topics import TOPICS, TopicSpec, ValueFormat
 
@@ -56,145 +66,86 @@ def topic_spec(spec: TopicSpec) -> dg.AssetSpec:
     )
 
 
-def pass_metadata(report: PassReport) -> dict[str, dg.MetadataValue]:
-    partitions = [
-        dg.TableRecord(
-            {
-                "partition": p.partition,
-                "start_offset": p.start_offset,
-                "end_offset": p.end_offset,
-                "hwm_before": p.hwm_before,
-                "hwm_after": p.hwm_after,
-                "rows": p.rows,
-                "quarantined": p.quarantined,
-                "lag": p.lag,
-            }
-        )
-        for p in report.partitions
-    ]
-    return {
-        "topic": dg.MetadataValue.text(report.topic),
-        "version": dg.MetadataValue.int(report.version),
-        "rows_written": dg.MetadataValue.int(report.rows),
-        "quarantined": dg.MetadataValue.int(report.quarantined),
-        "warnings": dg.MetadataValue.int(report.warnings),
-        "records_lost": dg.MetadataValue.int(report.lost),
-        "lag_after": dg.MetadataValue.int(report.lag),
-        "records_per_second": dg.MetadataValue.float(round(report.records_per_second, 1)),
-        "duration_seconds": dg.MetadataValue.float(round(report.duration_seconds, 3)),
-        "skipped": dg.MetadataValue.text(report.skipped or ""),
-        "partitions": dg.MetadataValue.table(partitions, schema=PARTITION_SCHEMA),
-    }
-
-
-PARTITION_SCHEMA = dg.TableSchema(
-    columns=[
-        dg.TableColumn(name, "int")
-        for name in (
-            "partition",
-            "start_offset",
-            "end_offset",
-            "hwm_before",
-            "hwm_after",
-            "rows",
-            "quarantined",
-            "lag",
-        )
-    ]
-)
-
-
-CAUGHT_UP, NO_QUARANTINE, NO_GAPS, ACCOUNTED = RUN_CHECKS
-
-# Without new records there are no runs, so a long quiet spell is not an error by itself:
-# warn after two hours without a materialization, fail after a day.
+# A follow run materializes only when it stored records, so a quiet topic is not an error by
+# itself: warn after two hours without a materialization, fail after a day.
 FRESHNESS = dg.FreshnessPolicy.time_window(
     fail_window=timedelta(hours=24), warn_window=timedelta(hours=2)
 )
 
 
 class BackupRunConfig(dg.Config):
-    """Per-run options; the sensors set them, a re-run from the UI may leave them empty."""
+    """Per-run options. The sensors set them; the Materialize button leaves them empty,
+    which backs up the serving version once, to the end offsets, like ``backup-pipeline
+    backup`` (a follow run that holds the topic hands it over within a pass)."""
 
-    version: int | None = None  # None: BACKUP_VERSION
-    max_records: int | None = None  # None: BACKUP_MAX_RECORDS_PER_PASS
-
-
-def check_specs(spec: TopicSpec) -> list[dg.AssetCheckSpec]:
-    return [
-        dg.AssetCheckSpec(
-            CAUGHT_UP,
-            asset=spec.table,
-            description="Lag after the run is at most BACKUP_CAUGHT_UP_MAX_LAG.",
-        ),
-        dg.AssetCheckSpec(
-            NO_QUARANTINE,
-            asset=spec.table,
-            description="No record of this topic and version is in "
-            "backup_quarantine (warning: they are kept raw there).",
-        ),
-        dg.AssetCheckSpec(
-            NO_GAPS,
-            asset=spec.table,
-            description="Kafka deleted no offsets (retention) before they "
-            "were backed up; see backup_gaps.",
-        ),
-        dg.AssetCheckSpec(
-            ACCOUNTED,
-            asset=spec.table,
-            description="Every offset the run passed is a row, a quarantined "
-            "record, a lost offset or an offset without a record.",
-        ),
-    ]
+    version: int | None = None  # None: the serving version (backup_versions)
+    follow_seconds: float = 0.0  # > 0: keep passing for this long (sensor runs)
+    max_records: int | None = None  # a single pass's cap; None: BACKUP_MAX_RECORDS_PER_PASS
 
 
-def check_results(spec: TopicSpec, outcome: RunOutcome, max_lag: int) -> list[dg.AssetCheckResult]:
-    report = outcome.report
-    where = (
-        f"SELECT * FROM backup_quarantine WHERE kafka_topic = '{report.topic}' "
-        f"AND version = {report.version}"
-    )
-    return [
-        dg.AssetCheckResult(
-            check_name=CAUGHT_UP,
-            asset_key=spec.table,
-            passed=report.lag <= max_lag,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={"lag": report.lag, "max_lag": max_lag, "version": report.version},
-        ),
-        dg.AssetCheckResult(
-            check_name=NO_QUARANTINE,
-            asset_key=spec.table,
-            passed=outcome.quarantined_total == 0,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={
-                "quarantined": outcome.quarantined_total,
-                "quarantined_this_run": report.quarantined,
-                "where_to_look": dg.MetadataValue.text(where),
-            },
-        ),
-        dg.AssetCheckResult(
-            check_name=NO_GAPS,
-            asset_key=spec.table,
-            passed=outcome.lost_total == 0,
-            severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"offsets_lost": outcome.lost_total, "lost_this_run": report.lost},
-        ),
-        dg.AssetCheckResult(
-            check_name=ACCOUNTED,
-            asset_key=spec.table,
-            passed=not outcome.discrepancies,
-            severity=dg.AssetCheckSeverity.ERROR,
-            metadata={
-                "offsets_checked": sum(
-                    max(0, p.hwm_after - p.hwm_before) for p in report.partitions
-                ),
-                "discrepancies": dg.MetadataValue.text(
-                    "; ".join(d.describe() for d in outcome.discrepancies) or "none"
-                ),
-            },
-        ),
-    ]
+@dataclass
+class _Window:
+    """What the passes since the last reported event stored."""
+
+    rows_before: int
+    rows: int = 0
+    quarantined: int = 0
+    warnings: int = 0
+    lost: int = 0
+    passes: int = 0
+    seconds: float = 0.0
+    newest: datetime | None = None
+    hwms: dict[int, int] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, report: PassReport, newest: datetime | None) -> None:
+        self.rows += report.rows
+        self.quarantined += report.quarantined
+        self.warnings += report.warnings
+        self.lost += report.lost
+        self.passes += 1
+        self.seconds += report.duration_seconds
+        if newest is not None and (self.newest is None or newest > self.newest):
+            self.newest = newest
+        self.hwms.update({p.partition: p.hwm_after for p in report.partitions})
+
+    @property
+    def records(self) -> int:
+        return self.rows + self.quarantined
+
+    def metadata(self, version: int, ended: str | None) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            # Dagster shows this one as the asset's row count in the catalog.
+            "dagster/row_count": self.rows_before + self.rows,
+            "serving_version": dg.MetadataValue.text(f"v{version}"),
+            "rows_written": self.rows,
+            "records_per_second": round(self.records / self.seconds, 1) if self.seconds else 0.0,
+            "hwms": dg.MetadataValue.json({str(p): o for p, o in sorted(self.hwms.items())}),
+        }
+        if self.newest is not None:
+            meta["last_record_at"] = dg.MetadataValue.timestamp(self.newest)
+        # Counts that are nearly always 0 would only draw flat lines: shown when they happen.
+        for name, value in (
+            ("quarantined", self.quarantined),
+            ("warnings", self.warnings),
+            ("records_lost", self.lost),
+        ):
+            if value:
+                meta[name] = value
+        if ended:
+            meta["run_ended_because"] = dg.MetadataValue.text(ended)
+        return meta
+
+    def next(self) -> "_Window":
+        return _Window(rows_before=self.rows_before + self.rows, hwms=dict(self.hwms))
+
+
+def _tag_run(context: dg.AssetExecutionContext, spec: TopicSpec, version: int) -> None:
+    """Runs started by hand carry no tags: give them the two a person filters by."""
+    wanted = {TABLE_TAG: spec.table, VERSION_TAG: str(version)}
+    missing = {k: v for k, v in wanted.items() if context.run.tags.get(k) != v}
+    if missing:
+        context.instance.add_run_tags(context.run.run_id, missing)
 
 
 def table_asset(spec: TopicSpec) -> dg.AssetsDefinition:
@@ -204,31 +155,105 @@ def table_asset(spec: TopicSpec) -> dg.AssetsDefinition:
         kinds={"postgres"},
         group_name=GROUP,
         description=f"Backup of `{spec.default_topic}` in PostgreSQL table `{spec.table}`: "
-        "one row per record, keyed by (version, kafka_partition, kafka_offset). "
-        f"{spec.description}",
+        "one row per record, keyed by (version, kafka_partition, kafka_offset); "
+        f"`{spec.table}_current` is the serving version. {spec.description}",
         metadata={
             "dagster/table_name": f"public.{spec.table}",
             "dagster/column_schema": column_schema(spec),
         },
-        check_specs=check_specs(spec),
         freshness_policy=FRESHNESS,
+        # A run reports a materialization per interval in which it stored records, and a
+        # re-ingestion run of a version that does not serve yet reports observations.
+        output_required=False,
     )
     def _backup(
         context: dg.AssetExecutionContext, config: BackupRunConfig, engine: BackupEngine
-    ) -> dg.MaterializeResult:
-        with logs.bind(run_id=context.run.run_id, table=spec.table):
-            outcome = engine.run_backup(spec, config.version, config.max_records)
-        report = outcome.report
-        context.log.info(report.summary())
-        if report.errors:
-            raise dg.Failure(description="; ".join(report.errors), metadata=pass_metadata(report))
-        settings = engine.settings()
-        return dg.MaterializeResult(
-            metadata=pass_metadata(report),
-            check_results=check_results(spec, outcome, settings.backup_caught_up_max_lag),
-        )
+    ) -> Iterator[dg.AssetMaterialization | dg.AssetObservation | dg.MaterializeResult]:
+        settings = engine.prepare()
+        version, serving = engine.write_version(spec, config.version)
+        _tag_run(context, spec, version)
+        reingest = serving is not None and version != serving
+        outcome = backup.FollowOutcome()
+        with logs.bind(run_id=context.run.run_id, table=spec.table), engine.connection() as conn:
+            window = _Window(rows_before=rows_stored(conn, spec.table, version))
+            reported = False
+            if config.follow_seconds > 0:
+                reports = engine.follow(
+                    spec, version, config.follow_seconds, outcome, _retired(conn, spec, version)
+                )
+            else:
+                reports = iter([engine.run_backup(spec, version, config.max_records)])
+            for report in reports:
+                if report.skipped:
+                    outcome.skipped = report.skipped
+                    continue
+                if report.records or report.errors:
+                    context.log.debug(report.summary())
+                window.add(report, newest_record_time(conn, report))
+                problems = accounted(conn, report)
+                if report.errors or problems:
+                    yield _event(spec, window, version, reingest, "a pass failed")
+                    raise dg.Failure(
+                        description="; ".join(
+                            [
+                                *report.errors,
+                                *(f"offsets not accounted for: {d.describe()}" for d in problems),
+                            ]
+                        )
+                    )
+                if window.rows and time.monotonic() - window.started >= (
+                    settings.backup_materialize_every_seconds
+                ):
+                    yield _event(spec, window, version, reingest, None)
+                    reported = True
+                    window = window.next()
+            if outcome.skipped:
+                context.log.info(outcome.skipped)
+            elif window.passes and (window.records or not reported):
+                yield _event(
+                    spec, window, version, reingest, outcome.ended_because or None, final=True
+                )
 
     return _backup
+
+
+def _retired(conn: psycopg.Connection, spec: TopicSpec, version: int) -> Callable[[], bool]:
+    """Whether ``version`` was retired (a re-ingestion took over): its follow run ends.
+    Asked at most every 15 s: the follow loop calls it about once a second."""
+    asked = [time.monotonic()]
+
+    def retired() -> bool:
+        if time.monotonic() - asked[0] < 15:
+            return False
+        asked[0] = time.monotonic()
+        return any(
+            v.version == version and v.state is versions.VersionLifecycle.RETIRED
+            for v in versions.recorded_versions(conn, spec.table)
+        )
+
+    return retired
+
+
+def _event(
+    spec: TopicSpec,
+    window: _Window,
+    version: int,
+    reingest: bool,
+    ended: str | None,
+    *,
+    final: bool = False,
+) -> dg.AssetMaterialization | dg.AssetObservation | dg.MaterializeResult:
+    """The event for a window of passes. The run's last one is its output (a
+    MaterializeResult): without an output Dagster skips the checks of a Materialize run."""
+    metadata = window.metadata(version, ended)
+    if reingest:
+        # A version that does not serve yet must not look like the table's latest state.
+        del metadata["serving_version"]
+        metadata["reingest_version"] = dg.MetadataValue.text(f"v{version}")
+        return dg.AssetObservation(asset_key=spec.table, metadata=metadata)
+    if final:
+        return dg.MaterializeResult(metadata=metadata)
+    return dg.AssetMaterialization(asset_key=spec.table, metadata=metadata)
 
 
 TOPIC_SPECS = [topic_spec(spec) for spec in TOPICS]

@@ -1,31 +1,43 @@
-"""One sensor per topic: request a backup run when Kafka is ahead of the HWMs.
+"""Two sensors per topic: one keeps the serving version followed, one drives re-ingestion.
 
-While a new BACKUP_VERSION is being re-ingested the same sensor also requests capped runs
-of the new version (inside BACKUP_BACKFILL_WINDOW, if set), keeps the previous version
-backed up until the new one has caught up, and then says that it switched.
+The run model (README, "How runs work"): a backup run *follows* its topic — it passes from
+the HWMs to the end offsets again and again, committing batch by batch, for
+BACKUP_RUN_FOLLOW_SECONDS — so a record is stored seconds after Kafka acknowledged it.
+The sensor only makes sure one follow run is active per (table, version); shortly before
+that run's time is up it starts the successor, which asks the running one to hand over
+(hwm.WriterLock), so there is no gap between runs.
+
+Every tick the backup sensor also reports, as asset events, what a person looks at: the
+table's current lag and serving version (an observation), re-ingestion progress with an
+ETA, and the four health checks (checks.py). A tick that cannot reach Kafka or PostgreSQL
+skips and says why; it never errors.
 """
 
-import os
-from datetime import UTC, datetime
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
+import psycopg
+from confluent_kafka import KafkaException
 
-from backup_pipeline.errors import BackupError
+from backup_pipeline.errors import BackupError, ConfigError
+from backup_pipeline.orchestration import checks
 from backup_pipeline.orchestration.assets import topic_asset_key
 from backup_pipeline.orchestration.jobs import (
     JOBS,
-    REINGEST_TAG,
+    REINGEST_JOBS,
     TABLE_TAG,
     VERSION_TAG,
-    WRITER_TAG,
-    writer_tag_value,
+    job_name,
+    reingest_job_name,
 )
 from backup_pipeline.orchestration.resources import BackupEngine, TopicView
-from backup_pipeline.settings import in_window
+from backup_pipeline.settings import Settings, in_window, load_settings
 from backup_pipeline.topics import TOPICS, TopicSpec
 
-PROGRESS_TAG = "backup_pipeline/reingest_progress"
-SENSOR_INTERVAL_SECONDS = int(os.environ.get("BACKUP_SENSOR_INTERVAL_SECONDS", "30"))
 # Each Kafka request of a tick (1 + one per partition). A broker that is down fails the
 # first request, so a tick ends after about this long, far below Dagster's 60 s limit.
 SENSOR_KAFKA_TIMEOUT = 5.0
@@ -38,138 +50,278 @@ ACTIVE = [
 ]
 
 
-def _active_run(instance: dg.DagsterInstance, spec: TopicSpec, version: int) -> str | None:
+def sensor_interval() -> int:
+    """BACKUP_SENSOR_INTERVAL_SECONDS for the sensor definitions. A bad value must not take
+    the code location down: the default is used, and every tick reports the error."""
+    try:
+        return load_settings().sensor_interval_seconds
+    except ConfigError:
+        return 30
+
+
+@dataclass(frozen=True)
+class ActiveRun:
+    run_id: str
+    age_seconds: float  # since Dagster created it (queued runs count from then)
+
+
+def follow_decision(
+    active: Sequence[ActiveRun], follow_seconds: float, what: str
+) -> tuple[bool, str]:
+    """Whether to start a follow run, and why (pure: the policy of a tick).
+
+    None active: start one. One that has followed for ``follow_seconds``: start its
+    successor now (it takes over through the handoff when it gets the lock; the old one
+    ends by itself a grace period later if no successor ever comes). Two active: a handover
+    is under way.
+    """
+    if not active:
+        return True, f"no run follows {what}: starting one"
+    if len(active) == 1 and active[0].age_seconds >= follow_seconds:
+        run = active[0]
+        return (
+            True,
+            f"run {run.run_id[:8]} has followed {what} for {run.age_seconds:.0f} s: "
+            "starting its successor",
+        )
+    newest = min(active, key=lambda r: r.age_seconds)
+    return False, f"run {newest.run_id[:8]} follows {what} ({newest.age_seconds:.0f} s)"
+
+
+def run_length(settings: Settings) -> float:
+    """How long a follow run may follow: its successor is due at BACKUP_RUN_FOLLOW_SECONDS,
+    and the grace covers a few ticks plus the successor's start-up."""
+    return settings.backup_run_follow_seconds + max(120.0, 3 * settings.sensor_interval_seconds)
+
+
+def _active_runs(
+    instance: dg.DagsterInstance, job: str, version: int, now: float
+) -> list[ActiveRun]:
     records = instance.get_run_records(
-        filters=dg.RunsFilter(tags={WRITER_TAG: writer_tag_value(spec, version)}, statuses=ACTIVE),
-        limit=1,
+        filters=dg.RunsFilter(job_name=job, tags={VERSION_TAG: str(version)}, statuses=ACTIVE),
+        limit=5,
     )
-    return records[0].dagster_run.run_id if records else None
+    return [
+        ActiveRun(r.dagster_run.run_id, max(0.0, now - r.create_timestamp.timestamp()))
+        for r in records
+    ]
 
 
-def _run_request(
-    spec: TopicSpec, version: int, max_records: int | None, extra_tags: dict[str, str]
-) -> dg.RunRequest:
+def _run_request(spec: TopicSpec, version: int, settings: Settings) -> dg.RunRequest:
     return dg.RunRequest(
         run_config={
-            "ops": {spec.table: {"config": {"version": version, "max_records": max_records}}}
+            "ops": {
+                spec.table: {"config": {"version": version, "follow_seconds": run_length(settings)}}
+            }
         },
-        tags={
-            TABLE_TAG: spec.table,
-            WRITER_TAG: writer_tag_value(spec, version),
-            VERSION_TAG: str(version),
-            **extra_tags,
-        },
+        tags={TABLE_TAG: spec.table, VERSION_TAG: str(version)},
     )
 
 
-def evaluate(
-    context: dg.SensorEvaluationContext,
+@dataclass
+class Cursor:
+    """What a tick remembers: the serving version (to say when it switched), since when the
+    lag has been above the threshold, and where a re-ingestion stood when first seen (for
+    its rate and ETA)."""
+
+    serving: int | None = None
+    lag_high_since: float | None = None
+    reingest_version: int | None = None
+    reingest_start_done: int = 0
+    reingest_start_at: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Cursor":
+        if not text:
+            return cls()
+        if text.isdigit():  # the cursor of releases before this one: the serving version
+            return cls(serving=int(text))
+        try:
+            return cls(**json.loads(text))
+        except (ValueError, TypeError):
+            return cls()
+
+    def dump(self) -> str:
+        return json.dumps(self.__dict__)
+
+
+def _eta_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown yet"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+
+
+def observe(
     spec: TopicSpec,
     view: TopicView,
-    backfill_run_records: int,
-    backfill_window: str,
-    now: datetime | None = None,
-    run_max_records: int | None = None,
-) -> dg.SensorResult:
-    """The decision of one tick, separate from I/O so it reads as the policy it is."""
+    cursor: Cursor,
+    settings: Settings,
+    now: float,
+) -> tuple[list[dg.AssetObservation | dg.AssetCheckEvaluation], list[str]]:
+    """The asset events of a tick and what to say about versions (pure, given ``now``);
+    updates ``cursor``."""
     state = view.state
-    requests: list[dg.RunRequest] = []
+    lag = view.serving_lag
     reasons: list[str] = []
-    events: list[dg.AssetObservation] = [
+    if cursor.serving is not None and cursor.serving != state.serving:
+        reasons.append(f"switched from version {cursor.serving} to version {state.serving}")
+    cursor.serving = state.serving
+
+    if lag > settings.backup_caught_up_max_lag:
+        cursor.lag_high_since = cursor.lag_high_since or now
+    else:
+        cursor.lag_high_since = None
+
+    table_meta: dict[str, Any] = {
+        "lag": lag,
+        "serving_version": dg.MetadataValue.text(f"v{state.serving}"),
+        "versions": dg.MetadataValue.text(
+            ", ".join(f"v{v.version} {v.state}" for v in state.versions) or "none yet"
+        ),
+    }
+    if state.reingesting:
+        if cursor.reingest_version != state.target:
+            cursor.reingest_version = state.target
+            cursor.reingest_start_done = state.records_done
+            cursor.reingest_start_at = now
+        rate = (state.records_done - cursor.reingest_start_done) / max(
+            1.0, now - cursor.reingest_start_at
+        )
+        remaining = max(0, state.records_total - state.records_done)
+        eta = remaining / rate if rate > 0 else None
+        table_meta.update(
+            {
+                "reingest_version": dg.MetadataValue.text(f"v{state.target}"),
+                "reingest_percent": round(100 * state.progress, 1),
+                "reingest_progress": dg.MetadataValue.text(
+                    f"{state.records_done:,} of {state.records_total:,} records; "
+                    f"ETA {_eta_text(eta)}"
+                ),
+            }
+        )
+        reasons.append(f"{state.describe()}; ETA {_eta_text(eta)}")
+    else:
+        cursor.reingest_version = None
+
+    events: list[dg.AssetObservation | dg.AssetCheckEvaluation] = [
         dg.AssetObservation(
             asset_key=topic_asset_key(spec),
             metadata={
-                "lag": view.serving_lag,
+                "end_offset_total": sum(p.end_offset for p in view.serving),
                 "end_offsets": dg.MetadataValue.json(
                     {str(p.partition): p.end_offset for p in view.serving}
                 ),
-                "end_offset_total": sum(p.end_offset for p in view.serving),
-                "version": state.serving,
             },
-        )
+        ),
+        dg.AssetObservation(asset_key=spec.table, metadata=table_meta),
     ]
-    previous_serving = context.cursor
-    if previous_serving and previous_serving != str(state.serving):
-        message = (
-            f"{spec.table}: switched from version {previous_serving} to version {state.serving}"
-        )
-        context.log.info(message)
-        reasons.append(message)
+    return events, reasons
 
-    busy = _active_run(context.instance, spec, state.serving)
-    if view.serving_lag == 0:
-        reasons.append(f"lag 0: version {state.serving} of {spec.table} is caught up")
-    elif busy:
-        reasons.append(f"lag {view.serving_lag}, but run {busy} is still active")
-    else:
-        requests.append(_run_request(spec, state.serving, run_max_records, {}))
 
-    if state.reingesting:
-        events.append(
-            dg.AssetObservation(
-                asset_key=spec.table,
-                metadata={
-                    "reingest_version": state.target,
-                    "reingest_records_done": state.records_done,
-                    "reingest_records_total": state.records_total,
-                    "reingest_percent": round(100 * state.progress, 1),
-                },
-            )
-        )
-        minute = now or datetime.now(UTC)
-        if not in_window(backfill_window, minute.hour * 60 + minute.minute):
-            reasons.append(f"{state.describe()}; waiting for window {backfill_window} UTC")
-        elif busy_target := _active_run(context.instance, spec, state.target):
-            reasons.append(f"{state.describe()}; run {busy_target} is active")
-        else:
-            reasons.append(state.describe())
-            requests.append(
-                _run_request(
-                    spec,
-                    state.target,
-                    backfill_run_records,
-                    {
-                        REINGEST_TAG: f"v{state.target}",
-                        PROGRESS_TAG: f"{state.records_done}/{state.records_total}",
-                    },
-                )
-            )
-
-    context.update_cursor(str(state.serving))
+def backup_tick(
+    context: dg.SensorEvaluationContext, spec: TopicSpec, engine: BackupEngine
+) -> dg.SensorResult | dg.SkipReason:
+    try:
+        settings = engine.settings()
+        view = engine.topic_view(spec, timeout=SENSOR_KAFKA_TIMEOUT)
+    except (BackupError, psycopg.Error, KafkaException, OSError) as exc:
+        return dg.SkipReason(f"cannot look at Kafka or PostgreSQL: {_one_line(exc)}")
+    now = time.time()
+    cursor = Cursor.parse(context.cursor)
+    events, reasons = observe(spec, view, cursor, settings, now)
+    health = checks.Health(
+        view=view,
+        max_lag=settings.backup_caught_up_max_lag,
+        lag_alert_seconds=settings.backup_lag_alert_seconds,
+        lag_high_for_seconds=(now - cursor.lag_high_since) if cursor.lag_high_since else None,
+        failed_run=checks.latest_failed_run(context.instance, spec),
+    )
+    events.extend(checks.evaluations(spec, health))
+    version = view.state.serving
+    start, why = follow_decision(
+        _active_runs(context.instance, job_name(spec), version, now),
+        settings.backup_run_follow_seconds,
+        f"{spec.table} v{version}",
+    )
+    reasons.insert(0, f"lag {view.serving_lag}; {why}")
+    context.update_cursor(cursor.dump())
+    if start:
+        context.log.info("; ".join(reasons))
     return dg.SensorResult(
-        run_requests=requests,
-        skip_reason=None if requests else dg.SkipReason("; ".join(reasons)),
+        run_requests=[_run_request(spec, version, settings)] if start else [],
+        skip_reason=None if start else dg.SkipReason("; ".join(reasons)),
         asset_events=events,
     )
 
 
-def lag_sensor(spec: TopicSpec) -> dg.SensorDefinition:
+def reingest_tick(
+    context: dg.SensorEvaluationContext,
+    spec: TopicSpec,
+    engine: BackupEngine,
+    now_minute: int | None = None,
+) -> dg.SensorResult | dg.SkipReason:
+    try:
+        settings = engine.settings()
+        view = engine.topic_view(spec, timeout=SENSOR_KAFKA_TIMEOUT)
+    except (BackupError, psycopg.Error, KafkaException, OSError) as exc:
+        return dg.SkipReason(f"cannot look at Kafka or PostgreSQL: {_one_line(exc)}")
+    state = view.state
+    if not state.reingesting:
+        return dg.SkipReason(f"nothing to re-ingest: version {state.serving} serves")
+    window = settings.backup_backfill_window
+    if now_minute is None:
+        now_minute = time.gmtime().tm_hour * 60 + time.gmtime().tm_min
+    if not in_window(window, now_minute):
+        return dg.SkipReason(f"{state.describe()}; waiting for window {window} UTC")
+    start, why = follow_decision(
+        _active_runs(context.instance, reingest_job_name(spec), state.target, time.time()),
+        settings.backup_run_follow_seconds,
+        f"the re-ingestion of {spec.table} v{state.target}",
+    )
+    if not start:
+        return dg.SkipReason(f"{state.describe()}; {why}")
+    context.log.info(f"{state.describe()}; {why}")
+    return dg.SensorResult(run_requests=[_run_request(spec, state.target, settings)])
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+def backup_sensor(spec: TopicSpec) -> dg.SensorDefinition:
     @dg.sensor(
-        name=f"{spec.table}_lag_sensor",
+        name=f"{spec.table}_backup_sensor",
         job=JOBS[spec.table],
-        minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+        minimum_interval_seconds=sensor_interval(),
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Requests a backup run of {spec.table} when its topic has records "
-        "beyond the HWMs; drives re-ingestion when BACKUP_VERSION changes.",
+        description=f"Keeps one run following {spec.table}'s serving version, and reports "
+        "its lag, serving version, re-ingestion progress and health checks every tick.",
     )
     def _sensor(
         context: dg.SensorEvaluationContext, engine: BackupEngine
     ) -> dg.SensorResult | dg.SkipReason:
-        try:
-            settings = engine.settings()
-            view = engine.topic_view(spec, timeout=SENSOR_KAFKA_TIMEOUT)
-        except BackupError as exc:
-            return dg.SkipReason(f"cannot compute lag: {exc}")
-        return evaluate(
-            context,
-            spec,
-            view,
-            settings.backup_backfill_run_records,
-            settings.backup_backfill_window,
-            run_max_records=settings.backup_run_max_records,
-        )
+        return backup_tick(context, spec, engine)
 
     return _sensor
 
 
-SENSORS = [lag_sensor(spec) for spec in TOPICS]
+def reingest_sensor(spec: TopicSpec) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=f"{spec.table}_reingest_sensor",
+        job=REINGEST_JOBS[spec.table],
+        minimum_interval_seconds=sensor_interval(),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Re-ingests {spec.table} under a new BACKUP_VERSION (inside "
+        "BACKUP_BACKFILL_WINDOW). Stop this sensor and cancel its run to pause; start it "
+        "to resume from where it stopped.",
+    )
+    def _sensor(
+        context: dg.SensorEvaluationContext, engine: BackupEngine
+    ) -> dg.SensorResult | dg.SkipReason:
+        return reingest_tick(context, spec, engine)
+
+    return _sensor
+
+
+SENSORS = [make(spec) for spec in TOPICS for make in (backup_sensor, reingest_sensor)]
