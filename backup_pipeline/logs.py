@@ -13,22 +13,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import structlog
-
 from backup_pipeline.errors import ConfigError
 from backup_pipeline.settings import env_setting
 
-_PRE_CHAIN: list[Any] = [
-    structlog.contextvars.merge_contextvars,
-    structlog.stdlib.add_log_level,
-    structlog.stdlib.add_logger_name,
-    structlog.stdlib.ExtraAdder(),
-    structlog.processors.TimeStamper(fmt="iso", utc=True),
-]
+# structlog is imported where it is used: `import structlog` pulls in its dev renderer and,
+# with it, rich and pygments (~0.1 s), which `backup-pipeline --help` should not pay for.
 
 
 def configure(level: int = logging.INFO, fmt: str | None = None) -> None:
     """Route the root logger through structlog's formatter (idempotent)."""
+    import structlog
+
+    pre_chain: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.ExtraAdder(),
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     if fmt is None:
         try:
             fmt = env_setting("backup_log_format", str)
@@ -43,7 +45,7 @@ def configure(level: int = logging.INFO, fmt: str | None = None) -> None:
         else structlog.dev.ConsoleRenderer(colors=False)
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=_PRE_CHAIN,
+        foreign_pre_chain=pre_chain,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     handler = logging.StreamHandler()
@@ -52,13 +54,22 @@ def configure(level: int = logging.INFO, fmt: str | None = None) -> None:
     root.handlers = [handler]
     root.setLevel(level)
     # librdkafka and psycopg are quiet at WARNING; their INFO is not for operators.
-    for noisy in ("confluent_kafka", "psycopg", "alembic.runtime.migration"):
+    # backup_pipeline.librdkafka: the client's reconnect chatter (kafka_config.py); the
+    # command's own one-line error says what failed, Dagster's run log keeps the detail.
+    for noisy in (
+        "confluent_kafka",
+        "backup_pipeline.librdkafka",
+        "psycopg",
+        "alembic.runtime.migration",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @contextmanager
 def bind(**fields: Any) -> Iterator[None]:
     """Add ``fields`` to every log line of this thread/context while the block runs."""
+    import structlog
+
     tokens = structlog.contextvars.bind_contextvars(**fields)
     try:
         yield

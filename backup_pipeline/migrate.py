@@ -1,19 +1,25 @@
-"""Apply the schema migrations (Alembic) to the backup database."""
+"""Apply the schema migrations (Alembic) to the backup database.
+
+Alembic and SQLAlchemy are imported inside the functions (about 0.25 s): every CLI command
+imports this module, and only the ones that migrate should pay for them.
+"""
 
 from __future__ import annotations
 
 import threading
+from contextlib import closing
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import sqlalchemy
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from psycopg import sql
 
 from backup_pipeline import db
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TOPICS
+
+if TYPE_CHECKING:
+    import sqlalchemy
+    from alembic.config import Config
 
 # Our own name, so an earlier implementation's history table (Flyway's
 # flyway_schema_history, another Alembic project's alembic_version) is left alone.
@@ -26,12 +32,16 @@ _ALEMBIC_LOCK = threading.Lock()
 
 
 def _alembic_config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
 
 
 def _engine(settings: Settings) -> sqlalchemy.Engine:
+    import sqlalchemy
+
     # psycopg's own connect (not a SQLAlchemy URL) so that DATABASE_URL, the PG* variables
     # and TLS parameters are read exactly as everywhere else in the project.
     return sqlalchemy.create_engine(
@@ -42,12 +52,16 @@ def _engine(settings: Settings) -> sqlalchemy.Engine:
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     assert head is not None
     return head
 
 
 def current_revision(settings: Settings) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     engine = _engine(settings)
     try:
         with engine.connect() as connection:
@@ -60,6 +74,14 @@ def current_revision(settings: Settings) -> str | None:
 
 def migrate(settings: Settings) -> tuple[str | None, str]:
     """Apply pending migrations; idempotent. Returns (revision before, revision after)."""
+    # Every backup run starts here: when nothing is pending, one query answers it, without
+    # loading Alembic and SQLAlchemy (~0.4 s of a no-op pass's start-up).
+    head = head_from_file_names()
+    if recorded_revision(settings) == head:
+        return head, head
+
+    from alembic import command
+
     before = current_revision(settings)
     config = _alembic_config()
     engine = _engine(settings)
@@ -73,3 +95,23 @@ def migrate(settings: Settings) -> tuple[str | None, str]:
     finally:
         engine.dispose()
     return before, head_revision()
+
+
+def head_from_file_names() -> str:
+    """The newest revision without Alembic: the history is linear and each script is named
+    after its revision (``NNNN_what.py``, ``revision = "NNNN"``); a test pins this to
+    Alembic's own head."""
+    scripts = (MIGRATIONS_DIR / "versions").glob("[0-9][0-9][0-9][0-9]_*.py")
+    return max(path.name.partition("_")[0] for path in scripts)
+
+
+def recorded_revision(settings: Settings) -> str | None:
+    """The revision stored in the history table, read with plain psycopg (None: none yet)."""
+    with closing(db.connect(settings, autocommit=True)) as conn:
+        found = conn.execute("SELECT to_regclass(%s)", (VERSION_TABLE,)).fetchone()
+        if found is None or found[0] is None:
+            return None
+        rows = conn.execute(
+            sql.SQL("SELECT version_num FROM {}").format(sql.Identifier(VERSION_TABLE))
+        ).fetchall()
+    return str(rows[0][0]) if len(rows) == 1 else None
