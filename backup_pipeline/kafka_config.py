@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from backup_pipeline.errors import ConfigError
@@ -14,14 +18,69 @@ from backup_pipeline.settings import Settings
 # consumer never joins the group, fetches or commits offsets). See docs/security.md.
 CONSUMER_GROUP_ID = "backup-pipeline-no-commit"
 
+# librdkafka's own log lines land here (Dagster captures backup_pipeline.*; the CLI shows
+# them only at WARNING, see logs.py): a client that cannot reach its broker repeats the
+# same error every reconnect backoff, which printed 150-200 lines before our one-line error.
+LIBRDKAFKA_LOGGER = "backup_pipeline.librdkafka"
+
+
+class RateLimitedLog:
+    """The ``logger`` librdkafka writes to: one line per (client, facility) per
+    ``interval`` seconds; the next line that gets through says how many were held back.
+
+    librdkafka calls ``log(level, "%s [%s] %s", facility, client, message)``, from
+    whichever thread serves its log queue, hence the lock.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], int] = {}
+
+    def log(self, level: int, msg: str, *args: Any, **_: Any) -> None:
+        if len(args) == 3:
+            facility, client, text = map(str, args)
+        else:
+            facility, client, text = "", "", (msg % args if args else msg)
+        key = (client, facility)
+        with self._lock:
+            now = self._clock()
+            last = self._last.get(key)
+            if last is not None and now - last < self._interval:
+                self._held[key] = self._held.get(key, 0) + 1
+                return
+            self._last[key] = now
+            held = self._held.pop(key, 0)
+        more = f" ({held} more like it held back)" if held else ""
+        # The client retries on its own: what fails for good surfaces as our own error, so
+        # these lines are detail (INFO), not the operator's alarm.
+        self._logger.log(
+            min(level, logging.INFO), "librdkafka %s [%s] %s%s", facility, client, text, more
+        )
+
+
+def serve_admin_log(admin: Any) -> None:
+    """Hand an AdminClient's queued librdkafka log lines to the logger: it serves them only
+    on poll(). Call it when an admin request failed, so the reason reaches the run log."""
+    admin.poll(0)
+
 
 def _common(settings: Settings) -> dict[str, Any]:
     config: dict[str, Any] = {
         "bootstrap.servers": settings.kafka_brokers,
         "security.protocol": settings.kafka_security_protocol,
         "client.id": "backup-pipeline",
-        # librdkafka logs through Python logging only when asked; keep its chatter down.
+        # Errors only, through Python logging (never straight to stderr), rate-limited.
         "log_level": 3,
+        "logger": RateLimitedLog(logging.getLogger(LIBRDKAFKA_LOGGER)),
     }
     if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
         # The broker's certificate must match the host name we connect to (librdkafka's

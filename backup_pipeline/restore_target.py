@@ -12,6 +12,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, Res
 
 from backup_pipeline import source
 from backup_pipeline.errors import BackupError, KafkaUnavailableError
+from backup_pipeline.kafka_config import serve_admin_log
 from backup_pipeline.restore_source import Extent
 from backup_pipeline.topics_admin import create_topics
 
@@ -43,6 +44,7 @@ def partition_count(admin: AdminClient, topic: str, timeout: float) -> int | Non
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
+        serve_admin_log(admin)
         raise KafkaUnavailableError(f"cannot list topics: {exc}") from None
     found = metadata.topics.get(topic)
     if found is None or found.error is not None:
@@ -57,6 +59,7 @@ def topic_configs(admin: AdminClient, topic: str, timeout: float) -> dict[str, t
         future = next(iter(admin.describe_configs([resource], request_timeout=timeout).values()))
         entries = future.result()
     except KafkaException as exc:
+        serve_admin_log(admin)
         problem = f"cannot describe the configuration of {topic}: {exc}"
         raise KafkaUnavailableError(problem) from None
     topic_level = ConfigSource.DYNAMIC_TOPIC_CONFIG.value

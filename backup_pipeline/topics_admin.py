@@ -8,6 +8,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from backup_pipeline.errors import KafkaUnavailableError
+from backup_pipeline.kafka_config import serve_admin_log
 
 
 def create_topics(
@@ -43,5 +44,6 @@ def create_topics(
             created.append(name)
         except KafkaException as exc:
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                serve_admin_log(admin)
                 raise KafkaUnavailableError(f"cannot create topic {name}: {exc}") from None
     return created
