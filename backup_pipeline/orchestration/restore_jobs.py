@@ -32,6 +32,10 @@ class RestoreConfig(dg.Config):
     include_quarantined: bool = False
     origin_headers: bool = True
     force: bool = False
+    # A new target copies the source's retention too (default: it keeps every record).
+    keep_source_retention: bool = False
+    # Write even where the target's retention or compaction would drop restored records.
+    allow_retention_loss: bool = False
     resume_run_id: int | None = None  # carry on an interrupted restore run
 
 
@@ -60,6 +64,7 @@ def _metadata(report: RestoreReport) -> dict[str, dg.MetadataValue]:
         "from_quarantine": dg.MetadataValue.int(report.quarantined),
         "already_in_target": dg.MetadataValue.int(report.skipped),
         "duration_seconds": dg.MetadataValue.float(round(report.duration_seconds, 3)),
+        "target_config": dg.MetadataValue.text(report.target_config),
         "by_partition": dg.MetadataValue.json({str(p): n for p, n in report.by_partition.items()}),
     }
 
@@ -86,6 +91,8 @@ def restore_topic(context: dg.OpExecutionContext, config: RestoreConfig) -> dg.O
             selection=_selection(config),
             origin_headers=config.origin_headers,
             force=config.force,
+            keep_source_retention=config.keep_source_retention,
+            allow_retention_loss=config.allow_retention_loss,
         )
         report = restore(settings, request, progress=progress)
     context.log.info(report.summary())
