@@ -28,6 +28,7 @@ from backup_pipeline.migrate import migrate
 from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TOPICS
 from backup_pipeline.topics_admin import create_topics
+from backup_pipeline_tests import waits
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,6 +36,23 @@ REPO = Path(__file__).resolve().parent.parent
 # of them is in the `services` tier.
 SERVICE_FIXTURES = frozenset({"services", "fault_services"})
 BROWSER_MODULE = "backup_pipeline_tests.browser"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # The pytest timeout grows with the waits it bounds (BACKUP_TEST_TIME_SCALE, waits.py);
+    # before pytest-timeout reads it. An explicit --timeout is taken as given.
+    if config.getoption("timeout", None) is None and config.getini("timeout"):
+        config.option.timeout = float(config.getini("timeout")) * waits.TIME_SCALE
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> None:
+    # pytest-timeout's clock covers setup, call and teardown; waits.wait_until ends a wait
+    # before it runs out, with a message naming what it waited for.
+    marker = item.get_closest_marker("timeout")
+    timeout = marker.args[0] if marker and marker.args else item.config.getoption("timeout")
+    waits.start_test_clock(float(timeout) if timeout else None)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -155,11 +173,11 @@ def producer(services: dict[str, str]) -> Iterator[Producer]:
 
 
 def add_partitions(admin: AdminClient, topic: str, total: int) -> None:
-    import time
-
     for future in admin.create_partitions([NewPartitions(topic, total)]).values():
         future.result()
-    deadline = time.monotonic() + 30
-    while len(admin.list_topics(topic, timeout=10).topics[topic].partitions) < total:
-        assert time.monotonic() < deadline, "new partitions never showed in metadata"
-        time.sleep(0.2)
+    waits.wait_until(
+        lambda: len(admin.list_topics(topic, timeout=10).topics[topic].partitions) >= total,
+        30,
+        "the new partitions to show in metadata",
+        interval=0.2,
+    )

@@ -10,11 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from backup_pipeline_tests.waits import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -109,14 +110,8 @@ class DagsterServer:
             return ""
 
     def wait_for(self, condition: Callable[[], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            result = condition()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; log:\n{self.tail()}")
-            time.sleep(1)
+        """``waits.wait_until`` (scaled, within the test's timeout) with the server's log."""
+        return wait_until(condition, timeout, what, interval=1, describe=self.tail)
 
     def runs(self) -> list[dict[str, Any]]:
         data = self.graphql("""{ runsOrError(limit: 200) { ... on Runs { results {

@@ -12,6 +12,7 @@ import time
 from backup_pipeline.demo_data import awkward_record, good_record
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline_tests.helpers import end_offsets, hwms, produce
+from backup_pipeline_tests.waits import bounded, scaled
 
 HENDELSER = spec_for_table("bekreftelse_hendelser")
 
@@ -79,17 +80,17 @@ def test_killed_passes_at_many_points_still_store_every_offset_exactly_once(
     ]
     for failpoint in failpoints:
         proc = _pass_process(env, failpoint)
-        proc.communicate(timeout=120)
+        proc.communicate(timeout=bounded(120))
         assert proc.returncode == -signal.SIGKILL, failpoint
     # And at arbitrary moments (mid-COPY, mid-fetch, mid-commit), from outside.
     for delay in (0.9, 1.3, 1.7, 2.2):
         proc = _pass_process(env, None)
-        time.sleep(delay)
+        time.sleep(scaled(delay))  # not a synchronisation: a moment the pass cannot choose
         proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
+        proc.communicate(timeout=bounded(60))
 
     final = _pass_process(env, None)
-    _out, err = final.communicate(timeout=180)
+    _out, err = final.communicate(timeout=bounded(180))
     assert final.returncode == 0, err.decode()
 
     accounted = _accounted(db, topic)

@@ -11,13 +11,13 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from backup_pipeline_tests.dagster_server import DagsterServer, free_port
+from backup_pipeline_tests.waits import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -52,17 +52,13 @@ def code_server(services, database_url, tmp_path) -> Iterator[int]:
     log = (tmp_path / "code-server.log").open("wb")
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while (
-            subprocess.run(
-                [str(BIN / "dagster"), "api", "grpc-health-check", "-p", str(port)],
-                capture_output=True,
-            ).returncode
-            != 0
-        ):
+
+        def healthy() -> bool:
             assert proc.poll() is None, (tmp_path / "code-server.log").read_text()
-            assert time.monotonic() < deadline, "code server never became healthy"
-            time.sleep(1)
+            check = [str(BIN / "dagster"), "api", "grpc-health-check", "-p", str(port)]
+            return subprocess.run(check, capture_output=True).returncode == 0
+
+        wait_until(healthy, 120, "the code server to be healthy", interval=1)
         yield port
     finally:
         proc.terminate()
@@ -88,17 +84,20 @@ def test_a_webserver_loads_the_location_from_the_code_server(code_server, tmp_pa
     try:
 
         def assets() -> list[str]:
+            assert proc.poll() is None, (tmp_path / "webserver.log").read_text()
             try:
                 data = server.graphql("{ assetNodes { assetKey { path } } }")
             except OSError:
                 return []
             return ["/".join(n["assetKey"]["path"]) for n in data["assetNodes"]]
 
-        deadline = time.monotonic() + 120
-        while not (found := assets()):
-            assert proc.poll() is None, (tmp_path / "webserver.log").read_text()
-            assert time.monotonic() < deadline, (tmp_path / "webserver.log").read_text()
-            time.sleep(1)
+        found = wait_until(
+            assets,
+            120,
+            "the webserver to list the location's assets",
+            interval=1,
+            describe=(tmp_path / "webserver.log").read_text,
+        )
         assert {"bekreftelse_hendelser", "bekreftelser", "bekreftelse_paa_vegne_av"} <= set(found)
     finally:
         proc.terminate()

@@ -49,6 +49,7 @@ from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TOPICS, spec_for_table
 from backup_pipeline_tests.conftest import REPO
 from backup_pipeline_tests.helpers import good_records, hwms, key, produce
+from backup_pipeline_tests.waits import scaled, wait_until
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 HENDELSER = spec_for_table("bekreftelse_hendelser")
@@ -187,13 +188,15 @@ def create_scram_user(admin: AdminClient, tls: Tls, user: str, password: str) ->
             "sasl.password": password,
         }
     )
-    deadline = time.monotonic() + 15
-    while True:
+
+    def usable() -> bool:
         try:
             probe.list_topics(timeout=2)
-            return
         except Exception:
-            assert time.monotonic() < deadline, f"SCRAM user {user} never became usable"
+            return False
+        return True
+
+    wait_until(usable, 15, f"SCRAM user {user} to become usable", interval=0)
 
 
 def count(conn: psycopg.Connection, table: str) -> int:
@@ -656,7 +659,19 @@ def test_kafka_acls_read_and_describe_on_the_topic_and_describe_on_the_group(
         ]
     for future in admin.create_acls(bindings).values():
         future.result()
-    time.sleep(1)  # ACLs reach the broker's authorizer through the metadata log
+
+    # ACLs reach the broker's authorizer through the metadata log: wait until it lists them.
+    def acls_in_force() -> bool:
+        found = set()
+        for principal in [*acl_cleanup, "User:*"]:
+            flt = AclBindingFilter(
+                ResourceType.ANY, None, ResourcePatternType.ANY, principal, None,
+                AclOperation.ANY, AclPermissionType.ANY,
+            )  # fmt: skip
+            found.update(admin.describe_acls(flt).result())
+        return set(bindings) <= found
+
+    wait_until(acls_in_force, 10, "the new ACLs to be in force", interval=0.1)
 
     base = {"DATABASE_URL": database_url, **topic_env(topic_names), "KAFKA_TIMEOUT_SECONDS": "3"}
     report = backup_topic(load_settings({**scram_env(tls, *users["ok"]), **base}), BEKREFTELSER)
@@ -669,7 +684,7 @@ def test_kafka_acls_read_and_describe_on_the_topic_and_describe_on_the_group(
     try:
         consumer.assign([TopicPartition(topic, 0, 0)])
         errors: list[KafkaError] = []
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + scaled(10)
         while not errors and time.monotonic() < deadline:
             errors += [
                 m.error()

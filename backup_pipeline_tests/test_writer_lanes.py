@@ -18,6 +18,7 @@ from backup_pipeline.topics import spec_for_table
 from backup_pipeline.writer_lanes import WriterLanes
 from backup_pipeline_tests.fakes import FakeMessage
 from backup_pipeline_tests.helpers import hwms, key, stored_offsets
+from backup_pipeline_tests.waits import scaled, wait_until
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 TOPIC = "lanes.bekreftelser"
@@ -50,14 +51,27 @@ def connections(database_url):
         conn.close()
 
 
+def copied_and_waiting(db: psycopg.Connection, writer_conn: psycopg.Connection) -> bool:
+    """The writer's session holds the table's lock from its COPY and sits in its open
+    transaction: its rows are copied and it waits for the batch before it."""
+    row = db.execute(
+        "SELECT a.state = 'idle in transaction' AND EXISTS ("
+        "  SELECT FROM pg_locks l WHERE l.pid = a.pid AND l.granted"
+        "  AND l.relation = 'bekreftelser'::regclass)"
+        " FROM pg_stat_activity a WHERE a.pid = %s",
+        (writer_conn.info.backend_pid,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def test_a_batch_commits_only_after_the_batch_before_it(connections, db):
-    # The first batch is slow to start; the second, on the other connection, is ready
-    # first. Had it moved the HWM at once, its compare-and-set (9 -> 19) would have
-    # failed against the HWM still at -1.
+    # The first batch starts only once the second, on the other connection, has copied
+    # its rows and waits. Had it moved the HWM then, its compare-and-set (9 -> 19) would
+    # have failed against the HWM still at -1.
     first, second = _job(connections[0], range(0, 10), -1), _job(connections[1], range(10, 20), 9)
 
     def slow_first(conn, after):
-        time.sleep(0.5)
+        wait_until(lambda: copied_and_waiting(db, connections[1]), 10, "the second batch's COPY")
         return first(conn, after)
 
     settled: list[str] = []
@@ -107,6 +121,17 @@ def test_a_batch_whose_predecessor_is_blocked_gives_up_its_locks_and_writes_late
     # sit on its locks while the batch before it is blocked (maybe by a session that
     # waits for exactly those locks): it rolls back and writes again afterwards.
     monkeypatch.setattr(writer, "PREDECESSOR_PATIENCE_SECONDS", 0.2)
+    # The batch gives up once its patience ran out: it rolls back, then waits (no timeout)
+    # for its predecessor outside any transaction.
+    gave_up = threading.Event()
+    wait_for = writer._wait_for
+
+    def watched_wait_for(previous, timeout=None):
+        if timeout is None and previous is not None and not previous.done():
+            gave_up.set()
+        return wait_for(previous, timeout)
+
+    monkeypatch.setattr(writer, "_wait_for", watched_wait_for)
     predecessor: Future[MappedBatch] = Future()
     second = _job(connections[1], range(10, 20), 9)
     result: list[MappedBatch] = []
@@ -115,10 +140,10 @@ def test_a_batch_whose_predecessor_is_blocked_gives_up_its_locks_and_writes_late
     )
     thread.start()
     try:
-        time.sleep(1.0)
+        assert gave_up.wait(scaled(10)), "the second batch never gave up waiting in its transaction"
         # The second batch holds no lock on the table now: a strong lock is granted at once.
         with db.transaction():
-            db.execute("SET LOCAL lock_timeout = '1s'")
+            db.execute(f"SET LOCAL lock_timeout = '{scaled(1):g}s'")
             db.execute("LOCK TABLE bekreftelser IN ACCESS EXCLUSIVE MODE")
         assert thread.is_alive()
         # The predecessor commits (here by hand), then the second batch goes in.
@@ -127,14 +152,14 @@ def test_a_batch_whose_predecessor_is_blocked_gives_up_its_locks_and_writes_late
     finally:
         if not predecessor.done():  # never leave the thread waiting when the test fails
             predecessor.set_exception(RuntimeError("test failed"))
-        thread.join(10)
+        thread.join(scaled(10))
     assert result and result[0].per_partition == {0: [10, 0, 0]}
     assert [o for _, o in stored_offsets(db, "bekreftelser")] == list(range(20))
     assert hwms(db, TOPIC) == {0: 19}
 
 
 def test_lanes_run_two_batches_at_once_and_settle_them_in_order():
-    both_running = threading.Barrier(2, timeout=5)  # fails unless two lanes really overlap
+    both_running = threading.Barrier(2, timeout=scaled(5))  # fails unless two lanes overlap
     calls = itertools.count()
     running = 0
     most = 0
