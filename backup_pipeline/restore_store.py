@@ -122,6 +122,21 @@ def checkpoints(conn: psycopg.Connection, run_id: int) -> dict[int, Checkpoint]:
     return {row[0]: Checkpoint(*row) for row in rows}
 
 
+def written_range(
+    conn: psycopg.Connection, run_ids: list[int], partition: int
+) -> tuple[int, int, int] | None:
+    """What the runs wrote into one target partition: (first target offset, next target
+    offset, last source offset recorded), or None when they have no checkpoint there."""
+    row = conn.execute(
+        "SELECT min(first_target_offset), max(next_target_offset), max(last_source_offset) "
+        "FROM restore_progress WHERE run_id = ANY(%s) AND kafka_partition = %s",
+        (run_ids, partition),
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
 def add_partition(conn: psycopg.Connection, run_id: int, partition: int, end: int) -> Checkpoint:
     conn.execute(
         "INSERT INTO restore_progress (run_id, kafka_partition, first_target_offset, "

@@ -11,14 +11,21 @@ Findings, by backup offset:
 - different: both hold it, the digests differ.
 Offsets below the topic's log start are only in the backup now (the point of a backup);
 offsets above the backup's HWM are not backed up yet. Both are reported as ranges.
+
+A topic that restore runs wrote into (a new topic, or the source topic itself after it was
+deleted and restored with force) is compared with what those runs were asked to restore:
+their stored selection, up to the last source offset they recorded, over the target
+offsets they wrote. Backed-up records the selection left out (quarantined ones, by
+default) are counted as excluded, with the reason, not reported as extra.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from contextlib import ExitStack, closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import psycopg
 from confluent_kafka import Consumer
@@ -63,6 +70,15 @@ class PartitionVerify:
     not_backed_up: tuple[int, int] | None = None
     # The backup offsets that were compared: (first, last).
     compared_range: tuple[int, int] | None = None
+    # Restored topics: backed-up records the restore's selection left out, and how many
+    # of those are quarantined records.
+    excluded: int = 0
+    excluded_quarantined: int = 0
+    # Restored topics: target offsets the restore runs did not write (first, last).
+    outside_restore: list[tuple[int, int]] = field(default_factory=list)
+    # Restored topics: records delivered after the run's last checkpoint (a run that was
+    # killed and not resumed yet); resuming the run records them.
+    unrecorded: int = 0
 
     @property
     def ok(self) -> bool:
@@ -78,6 +94,8 @@ class VerifyReport:
     restored: bool
     sample: int = 0
     partitions: list[PartitionVerify] = field(default_factory=list)
+    # What a restored topic was compared against (restore runs and their selection).
+    basis: str = ""
 
     @property
     def ok(self) -> bool:
@@ -102,6 +120,8 @@ class VerifyReport:
             f"{self.compared} records compared, "
             + ("no differences" if self.ok else "DIFFERENCES FOUND")
         ]
+        if self.basis:
+            lines.append(f"  {self.basis}")
         for p in self.partitions:
             lines.append(f"  partition {p.partition}: compared {p.compared}" + _ranges(p))
             for kind in ("missing", "extra", "different", "unmapped"):
@@ -122,6 +142,18 @@ def _ranges(p: PartitionVerify) -> str:
         text += f"; {n} records at {first}..{last} live only in the backup"
     if p.not_backed_up:
         text += f"; offsets {p.not_backed_up[0]}..{p.not_backed_up[1]} not backed up yet"
+    if p.excluded:
+        why = (
+            f", {p.excluded_quarantined} of them quarantined (left out unless "
+            "--include-quarantined)"
+            if p.excluded_quarantined
+            else ""
+        )
+        text += f"; {p.excluded} backed-up records excluded by the restore's selection{why}"
+    for first, last in p.outside_restore:
+        text += f"; topic offsets {first}..{last} not written by the restore, not compared"
+    if p.unrecorded:
+        text += f"; {p.unrecorded} records after the run's last checkpoint (resume the run)"
     return text
 
 
@@ -137,13 +169,13 @@ class _Context:
     timeout: float
     run_ids: list[int]
     max_listed: int
-
-    @property
-    def restored(self) -> bool:
-        return self.topic != self.source_topic
+    restored: bool = False
+    # The restore runs' selection; None: every backed-up record (no bookkeeping, or runs
+    # with different selections).
+    selection: Selection | None = None
 
     def backup(self, partition: int, after: int, last: int | None) -> Iterator[BackedUpRecord]:
-        selection = Selection(offsets={partition: (None, last)}, include_quarantined=True)
+        selection = _bounded(self.selection, partition, last)
         return restore_source.read_partition(
             self.conn,
             self.spec,
@@ -207,13 +239,22 @@ def verify(
             run_ids=[],
             max_listed=max_listed,
         )
-        if ctx.restored:
-            ctx.run_ids = [
-                r.run_id
-                for r in restore_store.runs_into(conn, target)
-                if r.source_topic == source_name and r.version == ctx.version
-            ]
-        report = VerifyReport(spec.table, source_name, target, ctx.version, ctx.restored, sample)
+        runs = [
+            r
+            for r in restore_store.runs_into(conn, target)
+            if r.source_topic == source_name and r.version == ctx.version
+        ]
+        # The source topic itself counts as restored once a restore wrote into it (deleted
+        # and restored under its own name): its offsets are no longer the backup's.
+        ctx.restored = target != source_name or bool(runs)
+        ctx.run_ids = [r.run_id for r in runs]
+        basis = ""
+        if runs:
+            ctx.selection = _common_selection(runs)
+            basis = _basis(runs, ctx.selection)
+        report = VerifyReport(
+            spec.table, source_name, target, ctx.version, ctx.restored, sample, basis=basis
+        )
         rng = random.Random(seed)
         hwms = hwm.read(conn, ctx.version, source_name)
         for partition in source.partitions(consumer, target, ctx.timeout):
@@ -273,7 +314,39 @@ def _only_in_backup(ctx: _Context, part: PartitionVerify) -> None:
         part.only_in_backup = (first.offset, part.log_start - 1, records)
 
 
+def _bounded(selection: Selection | None, partition: int, last: int | None) -> Selection:
+    """``selection`` (None: everything) for one partition, cut at backup offset ``last``."""
+    if selection is None:
+        return Selection(offsets={partition: (None, last)}, include_quarantined=True)
+    first, until = selection.bounds(partition)
+    if last is not None:
+        until = last if until is None else min(until, last)
+    return replace(selection, partitions=None, offsets={partition: (first, until)})
+
+
+def _common_selection(runs: list[restore_store.RunRow]) -> Selection | None:
+    selections = {json.dumps(r.selection.to_json(), sort_keys=True) for r in runs}
+    return runs[0].selection if len(selections) == 1 else None
+
+
+def _basis(runs: list[restore_store.RunRow], selection: Selection | None) -> str:
+    which = ", ".join(f"{r.run_id} ({r.status})" for r in runs)
+    if selection is None:
+        return (
+            f"restored by runs {which} with different selections: compared with every "
+            "backed-up record in the range they wrote"
+        )
+    noun = "run" if len(runs) == 1 else "runs"
+    return (
+        f"compared with what restore {noun} {which} asked for ({selection.describe()}), up "
+        "to the last record it recorded; records it did not ask for are excluded"
+    )
+
+
 def _verify_restored(ctx: _Context, part: PartitionVerify, sample: int, rng: random.Random) -> None:
+    if ctx.run_ids:
+        _verify_restore_runs(ctx, part, sample, rng)
+        return
     p = part.partition
     if part.log_start >= part.end_offset:
         return
@@ -293,6 +366,72 @@ def _verify_restored(ctx: _Context, part: PartitionVerify, sample: int, rng: ran
     # the backup stream starts at the first and the merge stops with the topic's last.
     stored = ctx.backup(p, first.source_offset - 1, None)
     _merge(ctx, part, _chain(first, records), stored, bounded=False)
+
+
+def _verify_restore_runs(
+    ctx: _Context, part: PartitionVerify, sample: int, rng: random.Random
+) -> None:
+    """A topic restore runs wrote into: the target offsets they wrote against the backup
+    records they were asked for, up to the last one they recorded."""
+    p = part.partition
+    written = restore_store.written_range(ctx.conn, ctx.run_ids, p)
+    selected = ctx.selection is None or ctx.selection.wants(p)
+    first_target, next_target, last_source = written or (part.end_offset, part.end_offset, -1)
+    low = max(part.log_start, first_target)
+    high = min(part.end_offset, next_target)
+    if part.log_start < min(first_target, part.end_offset):
+        part.outside_restore.append((part.log_start, min(first_target, part.end_offset) - 1))
+    if part.end_offset > max(next_target, part.log_start):
+        part.outside_restore.append((max(next_target, part.log_start), part.end_offset - 1))
+    _excluded(ctx, part, last_source if selected else None)
+    if not selected or last_source < 0:
+        return
+    if sample:
+        _sample_restored(ctx, part, sample, rng)
+        return
+    lookup = OffsetMapLookup(ctx.conn, ctx.run_ids, p)
+    found: Iterator[TopicRecord] = iter(())
+    if low < high:
+        messages = verify_topic.stream(ctx.consumer, ctx.topic, p, low, high, ctx.batch_bytes)
+        found = _recorded(
+            part, _in_source_order(part, verify_topic.mapped(messages, p, lookup)), last_source
+        )
+    # Every record the runs restored must be there: restored records that retention (or
+    # anything else) removed from the target show as extra.
+    _merge(ctx, part, found, ctx.backup(p, -1, last_source), bounded=True)
+
+
+def _recorded(
+    part: PartitionVerify, records: Iterator[TopicRecord], last_source: int
+) -> Iterator[TopicRecord]:
+    for record in records:
+        if record.source_offset is not None and record.source_offset > last_source:
+            part.unrecorded += 1
+            continue
+        yield record
+
+
+def _excluded(ctx: _Context, part: PartitionVerify, last_source: int | None) -> None:
+    """Count the backed-up records (up to ``last_source``; None: all) the selection left out."""
+    if ctx.selection is None:
+        return
+    p = part.partition
+
+    def count(selection: Selection) -> int:
+        return restore_source.count(ctx.conn, ctx.spec, ctx.source_topic, ctx.version, p, selection)
+
+    everything = count(_bounded(None, p, last_source))
+    if not ctx.selection.wants(p):
+        part.excluded = everything
+        part.excluded_quarantined = everything - count(
+            Selection(offsets={p: (None, None)}, include_quarantined=False)
+        )
+        return
+    chosen = _bounded(ctx.selection, p, last_source)
+    selected = count(chosen)
+    part.excluded = everything - selected
+    if not ctx.selection.include_quarantined:
+        part.excluded_quarantined = count(replace(chosen, include_quarantined=True)) - selected
 
 
 def _in_source_order(

@@ -89,16 +89,29 @@ def test_a_record_missing_from_the_topic_is_reported_extra_by_offset(
     assert report.findings()["extra"] == [(0, 3)] and report.compared == 4
 
 
-def test_a_record_missing_from_a_restored_topic_is_reported_by_its_source_offset(
-    settings, producer
+def test_records_a_restore_wrote_that_left_the_topic_are_reported_by_source_offset(
+    settings, producer, admin
 ):
+    backed_up(settings, producer)
+    report = restore(settings, RestoreRequest("bekreftelser"))
+    # Retention (or anyone) removes the first two restored records of partition 1.
+    target = report.target_topic
+    for future in admin.delete_records([TopicPartition(target, 1, 2)]).values():
+        future.result()
+    check = verify(settings, "bekreftelser", topic=target)
+    assert check.findings()["extra"] == [(1, 0), (1, 1)] and check.compared == 16
+    assert check.restored and not check.ok
+
+
+def test_a_record_the_restore_did_not_select_is_excluded_not_extra(settings, producer):
     backed_up(settings, producer)
     # Leave key 7 (partition 1, offset 2) out of the restore.
     keys = tuple(key(i) for i in range(18) if i != 7)
     report = restore(settings, RestoreRequest("bekreftelser", selection=Selection(keys=keys)))
     check = verify(settings, "bekreftelser", topic=report.target_topic)
-    assert check.findings()["extra"] == [(1, 2)] and check.compared == 17
-    assert check.restored
+    assert check.ok and check.compared == 17, check.summary()
+    assert [(p.partition, p.excluded) for p in check.partitions] == [(0, 0), (1, 1), (2, 0)]
+    assert "17 keys" in check.summary() and "1 backed-up records excluded" in check.summary()
 
 
 def test_restore_then_verify_the_target_finds_zero_differences_even_by_sample(settings, producer):

@@ -112,7 +112,8 @@ def verify_check(spec: TopicSpec) -> dg.AssetChecksDefinition:
         asset=spec.table,
         name="matches_topic",
         description="Compares a random sample of offsets per partition (BACKUP_VERIFY_SAMPLE) "
-        "with the live topic: key, value and headers must be identical.",
+        "with the live topic: key, value and headers must be identical. A topic restored "
+        "under its own name is compared through its restore's offset map.",
         blocking=False,
     )
     def _verify() -> dg.AssetCheckResult:
