@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
-from typing import Any
 
 import click
 
 from backup_pipeline.cli_common import echo_versions, friendly_errors, maybe_migrate
 from backup_pipeline.restore import RestoreReport, RestoreRequest, restore, resume
+from backup_pipeline.restore_progress import TerminalProgress
 from backup_pipeline.restore_source import Selection
 from backup_pipeline.settings import load_settings
 from backup_pipeline.topics import TABLES
@@ -44,25 +44,6 @@ def _keys(longs: tuple[int, ...], hexes: tuple[str, ...]) -> tuple[bytes, ...] |
     except ValueError:
         raise click.BadParameter("expected hexadecimal bytes", param_hint="--key-hex") from None
     return tuple(keys) if keys else None
-
-
-class _Bar:
-    """A click progress bar, opened once the run knows how many records it will write."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
-        self._pos = 0
-
-    def __call__(self, done: int, total: int) -> None:
-        if self._bar is None:
-            self._bar = click.progressbar(length=max(total, 1), label="restoring", file=sys.stderr)
-            self._bar.__enter__()
-        self._bar.update(done - self._pos)
-        self._pos = done
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
 
 
 _DATETIME = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"])
@@ -123,8 +104,7 @@ def restore_command(
     """Write backed-up records back to Kafka: same partition, key, value, headers, time."""
     if resume_run is None and not (table or source_topic):
         raise click.UsageError("give --table or --topic (or --resume RUN_ID)")
-    bar = _Bar()
-    try:
+    with TerminalProgress("restore") as bar:
         settings = load_settings()
         maybe_migrate(settings, no_migrate)
         report: RestoreReport
@@ -152,8 +132,6 @@ def restore_command(
                 allow_retention_loss=allow_retention_loss,
             )
             report = restore(settings, request, progress=bar, max_records=max_records)
-    finally:
-        bar.close()
     click.echo(report.summary())
     echo_versions(settings, report.source_table)
     if report.status != "completed":
@@ -184,16 +162,18 @@ def verify_command(
     if not (table or source_topic):
         raise click.UsageError("give --table or --topic")
     settings = load_settings()
-    report = verify(
-        settings,
-        table,
-        source_topic=source_topic,
-        topic=against,
-        version=version,
-        partitions=partitions or None,
-        sample=sample,
-        seed=seed,
-    )
+    with TerminalProgress("verify") as bar:
+        report = verify(
+            settings,
+            table,
+            source_topic=source_topic,
+            topic=against,
+            version=version,
+            partitions=partitions or None,
+            sample=sample,
+            seed=seed,
+            progress=bar,
+        )
     click.echo(report.summary())
     echo_versions(settings, report.table)
     if not report.ok:

@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient
 
 from backup_pipeline import db, restore_source, restore_store, restore_target, source, versions
 from backup_pipeline.kafka_config import admin_config, consumer_config, producer_config
+from backup_pipeline.restore_progress import ProgressCallback, tick
 from backup_pipeline.restore_source import BackedUpRecord, Headers, Selection, message_headers
 from backup_pipeline.restore_store import Checkpoint, RunRow
 from backup_pipeline.restore_target import RestoreError
@@ -44,8 +45,6 @@ ORIGIN_OFFSET = "backup.source.offset"
 ORIGIN_VERSION = "backup.version"
 ORIGIN_HEADERS = (ORIGIN_TOPIC, ORIGIN_PARTITION, ORIGIN_OFFSET, ORIGIN_VERSION)
 
-# (records delivered so far in this call, records this call set out to restore)
-ProgressCallback = Callable[[int, int], None]
 
 __all__ = [
     "ORIGIN_HEADERS",
@@ -306,6 +305,9 @@ class _Budget:
     checkpoint_every: int = 1000
     produced: int = 0
     delivered: int = 0
+    # The partition being restored: records it holds for this call, and done of those.
+    partition_total: int = 0
+    partition_done: int = 0
 
     @property
     def exhausted(self) -> bool:
@@ -334,8 +336,8 @@ def _restore_partitions(
         plan[partition] = saved.get(partition) or restore_store.add_partition(
             conn, run.run_id, partition, marks[partition].end
         )
-    total = sum(
-        restore_source.count(
+    totals = {
+        p: restore_source.count(
             conn,
             spec,
             run.source_topic,
@@ -345,8 +347,10 @@ def _restore_partitions(
             after=cp.last_source_offset,
         )
         for p, cp in plan.items()
+    }
+    budget = _Budget(
+        total=sum(totals.values()), max_records=max_records, checkpoint_every=checkpoint_every
     )
-    budget = _Budget(total=total, max_records=max_records, checkpoint_every=checkpoint_every)
     for partition, checkpoint in plan.items():
         records = restore_source.read_partition(
             conn,
@@ -362,6 +366,8 @@ def _restore_partitions(
         restore_store.save(conn, run.run_id, checkpoint)
         report.skipped += skipped
         budget.delivered += skipped
+        budget.partition_total, budget.partition_done = totals[partition], skipped
+        tick(progress, partition, skipped, totals[partition])
         _produce_partition(conn, producer, run, checkpoint, records, budget, progress, report)
         report.by_partition[partition] = checkpoint.restored - before - skipped
         if budget.exhausted:
@@ -458,8 +464,8 @@ def _produce_partition(
                 report.not_exact += not record.exact
                 report.quarantined += record.quarantined
                 budget.delivered += 1
-                if progress is not None:
-                    progress(budget.delivered, budget.total)
+                budget.partition_done += 1
+                tick(progress, checkpoint.partition, budget.partition_done, budget.partition_total)
 
         return on_delivery
 

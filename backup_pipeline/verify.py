@@ -42,6 +42,7 @@ from backup_pipeline import (
 from backup_pipeline.errors import BackupError
 from backup_pipeline.kafka_config import consumer_config
 from backup_pipeline.restore import resolve_spec
+from backup_pipeline.restore_progress import ProgressCallback, tick
 from backup_pipeline.restore_source import BackedUpRecord, Selection
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TopicSpec, ValueFormat
@@ -170,6 +171,7 @@ class _Context:
     run_ids: list[int]
     max_listed: int
     restored: bool = False
+    progress: ProgressCallback | None = None
     # The restore runs' selection; None: every backed-up record (no bookkeeping, or runs
     # with different selections).
     selection: Selection | None = None
@@ -213,6 +215,7 @@ def verify(
     sample: int = 0,
     seed: int | None = None,
     max_listed: int = 1000,
+    progress: ProgressCallback | None = None,
 ) -> VerifyReport:
     """Compare the backup of ``table`` with ``topic`` (default: the live source topic).
 
@@ -238,6 +241,7 @@ def verify(
             timeout=settings.kafka_timeout_seconds,
             run_ids=[],
             max_listed=max_listed,
+            progress=progress,
         )
         runs = [
             r
@@ -294,7 +298,9 @@ def _verify_live(
                 _compare_one(ctx, part, stored, found)
         return
     messages = verify_topic.stream(ctx.consumer, ctx.topic, p, low, high, ctx.batch_bytes)
-    _merge(ctx, part, verify_topic.mapped(messages, p, None), ctx.backup(p, low - 1, high - 1))
+    total = _count(ctx, p, None, low - 1, high - 1)
+    topic_records = verify_topic.mapped(messages, p, None)
+    _merge(ctx, part, topic_records, ctx.backup(p, low - 1, high - 1), total=total)
 
 
 def _only_in_backup(ctx: _Context, part: PartitionVerify) -> None:
@@ -398,7 +404,8 @@ def _verify_restore_runs(
         )
     # Every record the runs restored must be there: restored records that retention (or
     # anything else) removed from the target show as extra.
-    _merge(ctx, part, found, ctx.backup(p, -1, last_source), bounded=True)
+    total = _count(ctx, p, ctx.selection, -1, last_source)
+    _merge(ctx, part, found, ctx.backup(p, -1, last_source), bounded=True, total=total)
 
 
 def _recorded(
@@ -409,6 +416,18 @@ def _recorded(
             part.unrecorded += 1
             continue
         yield record
+
+
+def _count(
+    ctx: _Context, partition: int, selection: Selection | None, after: int, last: int | None
+) -> int:
+    """How many backed-up records a merge will walk: the total its progress counts to."""
+    if ctx.progress is None:
+        return 0
+    bounded = _bounded(selection, partition, last)
+    return restore_source.count(
+        ctx.conn, ctx.spec, ctx.source_topic, ctx.version, partition, bounded, after=after
+    )
 
 
 def _excluded(ctx: _Context, part: PartitionVerify, last_source: int | None) -> None:
@@ -464,6 +483,7 @@ def _merge(
     stored: Iterator[BackedUpRecord],
     *,
     bounded: bool = True,
+    total: int = 0,
 ) -> None:
     """Merge join on backup offset. ``bounded``: backup records after the topic's last one
     are extras (live topic, the backup stream is cut at the compared range); otherwise they
@@ -472,7 +492,10 @@ def _merge(
     row = next(stored, None)
     first: int | None = None
     last: int | None = None
+    steps = 0
     while record is not None or row is not None:
+        steps += 1
+        tick(ctx.progress, part.partition, min(steps, total), total)
         if record is None and not bounded:
             break
         assert record is None or record.source_offset is not None
@@ -496,6 +519,8 @@ def _merge(
             record = next(found, None)
         if row is not None and row.offset == here:
             row = next(stored, None)
+    if ctx.progress is not None and total and steps < total:
+        ctx.progress(part.partition, total, total)
     if first is not None and last is not None and part.compared_range is None:
         part.compared_range = (first, last)
 

@@ -5,6 +5,7 @@ from datetime import datetime
 import dagster as dg
 
 from backup_pipeline.restore import RestoreReport, RestoreRequest, restore, resume
+from backup_pipeline.restore_progress import LogProgress
 from backup_pipeline.restore_source import Selection
 from backup_pipeline.settings import env_setting, load_settings
 from backup_pipeline.topics import TOPICS, TopicSpec
@@ -72,15 +73,9 @@ def _metadata(report: RestoreReport) -> dict[str, dg.MetadataValue]:
 @dg.op(description="Write backed-up records of one table and version back to Kafka.")
 def restore_topic(context: dg.OpExecutionContext, config: RestoreConfig) -> dg.Output[int]:
     settings = load_settings()
-    last_logged = [0.0]
-
-    def progress(done: int, total: int) -> None:
-        # A log line per 10%: progress shows in the run's log without flooding it.
-        share = done / total if total else 1.0
-        if share - last_logged[0] >= 0.1 or done == total:
-            last_logged[0] = share
-            context.log.info(f"restored {done:,} of {total:,} records ({share:.0%})")
-
+    # A line per partition every 10%, with records/s and the time left: progress in the
+    # run's log without flooding it.
+    progress = LogProgress(context.log, "restore")
     if config.resume_run_id is not None:
         report = resume(settings, config.resume_run_id, progress=progress)
     else:
