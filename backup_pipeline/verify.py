@@ -150,7 +150,8 @@ def _ranges(p: PartitionVerify) -> str:
             if p.excluded_quarantined
             else ""
         )
-        text += f"; {p.excluded} backed-up records excluded by the restore's selection{why}"
+        noun = "record" if p.excluded == 1 else "records"
+        text += f"; {p.excluded} backed-up {noun} excluded by the restore's selection{why}"
     for first, last in p.outside_restore:
         text += f"; topic offsets {first}..{last} not written by the restore, not compared"
     if p.unrecorded:
@@ -389,7 +390,9 @@ def _verify_restore_runs(
         part.outside_restore.append((part.log_start, min(first_target, part.end_offset) - 1))
     if part.end_offset > max(next_target, part.log_start):
         part.outside_restore.append((max(next_target, part.log_start), part.end_offset - 1))
-    _excluded(ctx, part, last_source if selected else None)
+    # Over the whole backup, not only up to the last source offset: a quarantined record
+    # after the last restored one is left out by the selection all the same.
+    _excluded(ctx, part, None)
     if not selected or last_source < 0:
         return
     if sample:

@@ -111,7 +111,7 @@ def test_a_record_the_restore_did_not_select_is_excluded_not_extra(settings, pro
     check = verify(settings, "bekreftelser", topic=report.target_topic)
     assert check.ok and check.compared == 17, check.summary()
     assert [(p.partition, p.excluded) for p in check.partitions] == [(0, 0), (1, 1), (2, 0)]
-    assert "17 keys" in check.summary() and "1 backed-up records excluded" in check.summary()
+    assert "17 keys" in check.summary() and "1 backed-up record excluded" in check.summary()
 
 
 def test_restore_then_verify_the_target_finds_zero_differences_even_by_sample(settings, producer):
@@ -160,3 +160,15 @@ def test_the_digest_tells_apart_what_a_restore_must_keep():
         digest(None, b"v", [("a", b"1"), ("a", None)]),
     ):
         assert other != base
+
+
+def test_a_quarantined_record_after_the_last_restored_one_is_excluded_not_extra(settings, producer):
+    topic = backed_up(settings, producer)
+    producer.produce(topic, key=b"\x01", value=b"two-byte key", partition=0)
+    assert producer.flush(30) == 0
+    assert backup_topic(settings, BEKREFTELSER).quarantined == 1
+    report = restore(settings, RestoreRequest("bekreftelser"))
+    check = verify(settings, "bekreftelser", topic=report.target_topic)
+    part = check.partitions[0]
+    assert check.ok and (part.excluded, part.excluded_quarantined) == (1, 1), check.summary()
+    assert "1 of them quarantined (left out unless --include-quarantined)" in check.summary()
