@@ -12,6 +12,7 @@ end CANCELED), then the code server and the webserver.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -47,6 +48,7 @@ class Stack:
         # Not "logs": Dagster moves and deletes a folder of that name in DAGSTER_HOME.
         self.logs = home / "process-logs"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.stopped_after: dict[str, float] = {}  # monotonic time each process was seen gone
         self._instance: DagsterInstance | None = None
         self._instance_ready = threading.Event()
 
@@ -66,7 +68,7 @@ class Stack:
         )
         return workspace
 
-    def spawn(self, name: str, args: list[str]) -> None:
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         out = (self.logs / f"{name}.log").open("ab")
         # A new session: the terminal's Ctrl-C must not hit these (nor the run workers the
         # code server starts) before the supervisor has stopped them in order.
@@ -77,6 +79,7 @@ class Stack:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
         out.close()
 
@@ -99,9 +102,15 @@ class Stack:
                 "backup_pipeline.definitions",
                 "--location-name",
                 LOCATION,
+                # Import the project from this checkout, as the image's WORKDIR does.
+                "-d",
+                str(REPO),
                 "--log-level",
                 "warning",
             ],
+            # Its gRPC server otherwise waits up to a minute for open calls when asked to
+            # stop; it is stopped last, when no caller is left.
+            env={"DAGSTER_GRPC_SHUTDOWN_GRACE_PERIOD": "0"},
         )
         self.wait_until(self._code_server_ready, 300, "the code server to load")
         self.spawn("daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)])
@@ -120,6 +129,35 @@ class Stack:
             ],
         )
         self.wait_until(self._webserver_ready, 300, "the webserver to answer")
+        self.wait_until(lambda: self.location_error() is not None, 120, "the code location")
+
+    def location_error(self) -> str | None:
+        """None while the location loads, "" once loaded, else the first line of its error.
+
+        The code server answers health checks even when the code failed to import (the UI
+        then shows the error), so only the workspace says whether there is anything to run.
+        """
+        query = (
+            "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
+            "locationOrLoadError { __typename ... on PythonError { message } } } } } }"
+        )
+        request = urllib.request.Request(  # noqa: S310 - our own loopback URL
+            f"{self.url}/graphql",
+            data=json.dumps({"query": query}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                entries = json.load(response)["data"]["workspaceOrError"]["locationEntries"]
+        except (OSError, KeyError, TypeError, ValueError):
+            return None
+        for entry in entries:
+            loaded = entry["locationOrLoadError"] or {}
+            if loaded.get("__typename") == "PythonError":
+                return str(loaded["message"]).strip().splitlines()[0]
+            if entry["loadStatus"] != "LOADED":
+                return None
+        return ""
 
     def wait_until(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -164,30 +202,65 @@ class Stack:
                 return name
         return None
 
-    def stop(self) -> None:
-        deadline = time.monotonic() + STOP_BUDGET_SECONDS
-        self.terminate("daemon", deadline - 3)
-        cancelled = self.cancel_runs(deadline - 1.5)
-        self.terminate("webserver", deadline, wait=False)
-        self.terminate("code-server", deadline)
-        self.terminate("webserver", deadline)
-        if cancelled:
-            log(f"cancelled {cancelled} in-progress run(s)")
+    def stop(self) -> str:
+        """Stop everything in order; return what took how long, for the log."""
+        started = time.monotonic()
+        deadline = started + STOP_BUDGET_SECONDS
+        # The daemon first: it launches runs (sensors, the run queue). The webserver with
+        # it, so that nothing is launched from the UI either. Runs are cancelled while the
+        # daemon winds down; cancel_runs goes on until the daemon has exited too, so a run
+        # it launched at the last moment is cancelled as well.
+        daemon_log = self.logs / "daemon.log"
+        log_offset = daemon_log.stat().st_size if daemon_log.exists() else 0
+        self.signal_stop("daemon")
+        self.signal_stop("webserver")
+        cancelled = self.cancel_runs(deadline - 1.5, lambda: self.daemon_quiet(log_offset))
+        # The code server last: cancelling a run goes through it, and it is the parent of
+        # the run workers. The daemon's process takes seconds to exit after its threads
+        # have stopped, which need not hold the code server up.
+        self.signal_stop("code-server")
+        for name in ("daemon", "code-server", "webserver"):
+            self.wait_stopped(name, deadline)
+        return f"{cancelled} run(s) cancelled; done after: " + ", ".join(
+            f"{name} {at - started:.1f} s" for name, at in self.stopped_after.items()
+        )
 
-    def terminate(self, name: str, deadline: float, wait: bool = True) -> None:
+    def signal_stop(self, name: str) -> None:
         proc = self.procs.get(name)
-        if proc is None or proc.poll() is not None:
-            return
-        os.killpg(proc.pid, signal.SIGTERM)
-        if not wait:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+
+    def wait_stopped(self, name: str, deadline: float) -> None:
+        proc = self.procs.get(name)
+        if proc is None:
             return
         try:
             proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        self.stopped_after.setdefault(name, time.monotonic())
 
-    def cancel_runs(self, deadline: float) -> int:
+    def daemon_quiet(self, log_offset: int) -> bool:
+        """Whether the daemon can launch no more runs: it has exited, or it says that its
+        threads (sensors, run queue) have stopped, seconds before the process ends."""
+        if self.exited("daemon"):
+            return True
+        with (self.logs / "daemon.log").open("rb") as daemon_log:
+            daemon_log.seek(log_offset)
+            quiet = b"Daemon threads shut down" in daemon_log.read()
+        if quiet:
+            self.stopped_after.setdefault("daemon threads", time.monotonic())
+        return quiet
+
+    def exited(self, name: str) -> bool:
+        proc = self.procs.get(name)
+        done = proc is None or proc.poll() is not None
+        if done:
+            self.stopped_after.setdefault(name, time.monotonic())
+        return done
+
+    def cancel_runs(self, deadline: float, launcher_gone: Callable[[], bool]) -> int:
         """Cancel every queued or running run the way the UI's Terminate button does, and
         wait until each has ended; return how many there were."""
         self._instance_ready.wait(max(0.0, deadline - time.monotonic()))
@@ -208,6 +281,8 @@ class Stack:
         while True:
             runs = instance.get_runs(filters=RunsFilter(statuses=waiting))
             if not runs:
+                self.stopped_after.setdefault("runs", time.monotonic())
+            if not runs and launcher_gone():
                 return len(asked)
             for run in runs:
                 if run.run_id not in asked and run.status in cancellable:
@@ -260,6 +335,10 @@ def main() -> int:
     try:
         log(f"starting code server, daemon and webserver (logs in {stack.logs})")
         stack.start()
+        if error := stack.location_error():
+            # Keep running: the UI shows the whole error and reloads the location once fixed.
+            log(f"the code location failed to load: {error}")
+            log(f"see {stack.logs / 'code-server.log'}; fix the code, then reload it in the UI")
         # stdout carries only the URL, so callers can wait for the line that says it answers.
         print(stack.url, flush=True)
         log(f"Dagster UI on {stack.url} (Ctrl-C stops)")
@@ -274,8 +353,8 @@ def main() -> int:
         code = 1
     started = time.monotonic()
     log("stopping")
-    stack.stop()
-    log(f"stopped in {time.monotonic() - started:.1f} s")
+    steps = stack.stop()
+    log(f"stopped in {time.monotonic() - started:.1f} s ({steps})")
     return code
 
 
