@@ -109,7 +109,13 @@ def restore_command(
         maybe_migrate(settings, no_migrate)
         report: RestoreReport
         if resume_run is not None:
-            report = resume(settings, resume_run, progress=bar, max_records=max_records)
+            report = resume(
+                settings,
+                resume_run,
+                progress=bar,
+                max_records=max_records,
+                allow_retention_loss=allow_retention_loss,
+            )
         else:
             selection = Selection(
                 partitions=partitions or None,

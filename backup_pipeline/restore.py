@@ -230,14 +230,25 @@ def _target_config(
             log.warning("restore into %s: %s; written anyway as asked", target, problem)
             described += f"; WARNING: {problem}, written anyway (allow_retention_loss)"
         return plan.configs, described
+    return None, _existing_target_config(admin, target, extents, allow, timeout)
+
+
+def _existing_target_config(
+    admin: AdminClient,
+    target: str,
+    extents: dict[int, restore_source.Extent],
+    allow: bool,
+    timeout: float,
+) -> str:
+    """Refuse an existing target that would drop restored records; describe its config."""
     effective = {k: v for k, (v, _) in restore_target.topic_configs(admin, target, timeout).items()}
     problem = restore_target.check_retention(target, effective, extents, allow=allow)
     shown = ", ".join(f"{k}={effective.get(k, '?')}" for k in restore_target.KEEP_EVERY_RECORD)
     described = f"existing topic, left as it is: {shown}"
     if problem:
         log.warning("restore into %s: %s; written anyway as asked", target, problem)
-        return None, f"{described}; WARNING: {problem}, written anyway (allow_retention_loss)"
-    return None, f"{described} (keeps every restored record)"
+        return f"{described}; WARNING: {problem}, written anyway (allow_retention_loss)"
+    return f"{described} (keeps every restored record)"
 
 
 def resume(
@@ -247,16 +258,46 @@ def resume(
     progress: ProgressCallback | None = None,
     max_records: int = 0,
     checkpoint_every: int = 1000,
+    allow_retention_loss: bool = False,
 ) -> RestoreReport:
-    """Carry on an interrupted run with its own selection, without writing anything twice."""
+    """Carry on an interrupted run with its own selection, without writing anything twice.
+
+    The target's retention is checked again against what is left to write: it may have
+    been changed since the run began.
+    """
     with ExitStack() as stack:
         conn = stack.enter_context(closing(db.connect(settings, autocommit=True)))
         run = restore_store.load_run(conn, run_id)
         if run is None:
             raise RestoreError(f"there is no restore run {run_id}")
+        described = ""
+        admin = AdminClient(admin_config(settings))
+        timeout = settings.kafka_timeout_seconds
+        if run.status != "completed" and restore_target.partition_count(
+            admin, run.target_topic, timeout
+        ):
+            spec = spec_for_table(run.source_table)
+            extents = {
+                p: restore_source.extent(
+                    conn,
+                    spec,
+                    run.source_topic,
+                    run.version,
+                    p,
+                    run.selection,
+                    after=cp.last_source_offset,
+                )
+                for p, cp in restore_store.checkpoints(conn, run_id).items()
+                if run.selection.wants(p)
+            }
+            described = _existing_target_config(
+                admin, run.target_topic, extents, allow_retention_loss, timeout
+            )
         consumer = Consumer(consumer_config(settings))
         stack.callback(consumer.close)
-        return _run(settings, conn, consumer, run, progress, max_records, checkpoint_every)
+        report = _run(settings, conn, consumer, run, progress, max_records, checkpoint_every)
+        report.target_config = described
+        return report
 
 
 def _run(

@@ -24,7 +24,7 @@ from confluent_kafka.admin import (
 
 from backup_pipeline.backup import backup_topic
 from backup_pipeline.cli_restore import restore_command
-from backup_pipeline.restore import RestoreError, RestoreRequest, restore
+from backup_pipeline.restore import RestoreError, RestoreRequest, restore, resume
 from backup_pipeline.restore_source import Extent
 from backup_pipeline.restore_target import (
     KEEP_EVERY_RECORD,
@@ -281,3 +281,23 @@ def test_a_new_targets_configuration_comes_from_the_source_or_keeps_everything()
         "cleanup.policy": "compact",
         "max.message.bytes": "2000000",
     }
+
+
+def test_a_resume_checks_the_targets_retention_again(
+    settings: Any, admin: AdminClient, services: dict[str, str]
+) -> None:
+    topic = settings.topic(BEKREFTELSER)
+    set_topic_configs(admin, topic, retention_ms="-1")
+    produce_old(services["KAFKA_BROKERS"], topic, 9, age_ms=30 * DAY_MS)
+    backup_topic(settings, BEKREFTELSER)
+    target = f"{topic}.resumed"
+    first = restore(settings, RestoreRequest("bekreftelser", target_topic=target), max_records=3)
+    assert first.status == "stopped"
+    # Someone gives the target the usual seven days before the run is resumed.
+    set_topic_configs(admin, target, retention_ms=str(7 * DAY_MS))
+    with pytest.raises(RestoreError, match=r"retention\.ms=604800000.*--allow-retention-loss"):
+        resume(settings, first.run_id)
+    set_topic_configs(admin, target, retention_ms="-1")
+    second = resume(settings, first.run_id)
+    assert second.status == "completed" and second.restored == 6
+    assert "cleanup.policy=delete (keeps every restored record)" in second.summary()

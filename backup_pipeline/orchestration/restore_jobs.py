@@ -77,7 +77,12 @@ def restore_topic(context: dg.OpExecutionContext, config: RestoreConfig) -> dg.O
     # run's log without flooding it.
     progress = LogProgress(context.log, "restore")
     if config.resume_run_id is not None:
-        report = resume(settings, config.resume_run_id, progress=progress)
+        report = resume(
+            settings,
+            config.resume_run_id,
+            progress=progress,
+            allow_retention_loss=config.allow_retention_loss,
+        )
     else:
         request = RestoreRequest(
             table=config.table,
