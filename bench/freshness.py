@@ -1,0 +1,421 @@
+"""Freshness under production-style Dagster: Kafka acknowledgement -> row visible (issue 10, 7).
+
+Starts `dev/dagster` (code server, daemon, webserver on the repo's dagster.yaml, default
+settings: nothing here sets BACKUP_SENSOR_INTERVAL_SECONDS or any other backup setting),
+produces `--rate` records/s to each topic for `--minutes`, notes when Kafka acknowledged
+each record (delivery callback) and polls PostgreSQL every `--poll` seconds for rows past
+the last (partition, offset) seen, to find when each record became visible. Prints
+p50/p95/max per topic, the runs started per topic in the window and the runs per day that
+makes, and the machine's load. It measures what is on disk: the run model, the sensors and
+the checks are whatever the code is now.
+
+    dev/with-services .venv/bin/python bench/freshness.py [--minutes 10] [--check-health]
+
+Without KAFKA_BROKERS in the environment it re-runs itself under dev/with-services, which
+starts Kafka and PostgreSQL and stops them afterwards if they were not running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+
+
+def log(message: str) -> None:
+    print(f"freshness: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Window:
+    """The measurement window, in time.time() seconds; records outside it are not judged."""
+
+    start: float = float("inf")
+    end: float = float("inf")
+
+    def contains(self, moment: float) -> bool:
+        return self.start <= moment < self.end
+
+
+@dataclass
+class Observations:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    # (table, partition, offset) -> when Kafka acknowledged it / when its row was first seen
+    acked: dict[tuple[str, int, int], float] = field(default_factory=dict)
+    seen: dict[tuple[str, int, int], float] = field(default_factory=dict)
+    produce_errors: int = 0
+
+    def pending(self) -> int:
+        with self.lock:
+            return sum(1 for key in self.acked if key not in self.seen)
+
+
+def run_cli(*args: str) -> None:
+    subprocess.run([str(Path(sys.executable).parent / "backup-pipeline"), *args], check=True)
+
+
+def produce(
+    tables: list[str],
+    rate: float,
+    window: Window,
+    stop: threading.Event,
+    obs: Observations,
+) -> None:
+    """`rate` records/s to each table's topic until `stop`; acks inside `window` are kept."""
+    from confluent_kafka import KafkaError, Message, Producer
+
+    from backup_pipeline.demo_data import good_record
+    from backup_pipeline.kafka_config import producer_config
+    from backup_pipeline.settings import load_settings
+    from backup_pipeline.topics import spec_for_table
+
+    settings = load_settings()
+    producer = Producer(producer_config(settings))
+    specs = [spec_for_table(t) for t in tables]
+    rng = random.Random(10)
+
+    def delivered(err: KafkaError | None, msg: Message, *, table: str) -> None:
+        acked_at = time.time()
+        if err is not None:
+            obs.produce_errors += 1
+        elif window.contains(acked_at):
+            with obs.lock:
+                obs.acked[(table, msg.partition() or 0, msg.offset() or 0)] = acked_at
+
+    sent = 0
+    started = time.monotonic()
+    total_rate = rate * len(specs)
+    while not stop.is_set():
+        spec = specs[sent % len(specs)]
+        # Only good records: each one must become a row (awkward ones go to quarantine).
+        record = good_record(rng, spec.value_format, spec.table)
+        producer.produce(
+            settings.topic(spec),
+            key=record.key,
+            value=record.value,
+            headers=list(record.headers),
+            on_delivery=functools.partial(delivered, table=spec.table),
+        )
+        sent += 1
+        producer.poll(0)
+        delay = started + sent / total_rate - time.monotonic()
+        if delay > 0:
+            producer.poll(delay)  # waits for delivery callbacks instead of sleeping
+    producer.flush(30)
+
+
+def partitions_of(tables: list[str]) -> dict[str, list[int]]:
+    from confluent_kafka.admin import AdminClient
+
+    from backup_pipeline.kafka_config import admin_config
+    from backup_pipeline.settings import load_settings
+    from backup_pipeline.topics import spec_for_table
+
+    settings = load_settings()
+    admin = AdminClient(admin_config(settings))
+    found = {}
+    for table in tables:
+        topic = settings.topic(spec_for_table(table))
+        found[table] = sorted(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+    return found
+
+
+def watch_rows(
+    partitions: dict[str, list[int]], interval: float, stop: threading.Event, obs: Observations
+) -> None:
+    """Every `interval` s, per table, fetch the rows past the last offset seen of each
+    (version, partition): one index range scan each, so polling stays cheap on big tables.
+    Every version counts (a row is visible once any version stored it); the versions are
+    looked up again every 10 s, so one that starts meanwhile is seen too."""
+    import psycopg
+    from psycopg import sql
+
+    last: dict[tuple[str, int, int], int] = {}  # (table, version, partition) -> offset
+    versions: dict[str, list[int]] = {}
+    looked_up = 0.0
+    with psycopg.connect(os.environ.get("DATABASE_URL", ""), autocommit=True) as conn:
+        while not stop.is_set():
+            tick = time.monotonic()
+            if tick - looked_up > 10:
+                looked_up = tick
+                for table in partitions:
+                    rows = conn.execute(
+                        sql.SQL(
+                            "SELECT version, kafka_partition, max(kafka_offset) FROM {} "
+                            "GROUP BY 1, 2"
+                        ).format(sql.Identifier(table))
+                    ).fetchall()
+                    for version, partition, offset in rows:
+                        last.setdefault((table, int(version), int(partition)), int(offset))
+                    versions[table] = sorted({int(v) for v, _, _ in rows}) or [1]
+            for table, parts in partitions.items():
+                marks = [
+                    (v, p, last.get((table, v, p), -1)) for v in versions[table] for p in parts
+                ]
+                rows = conn.execute(
+                    sql.SQL(
+                        "SELECT m.v, m.p, t.kafka_offset "
+                        "FROM unnest(%s::int[], %s::int[], %s::bigint[]) AS m(v, p, o) "
+                        "JOIN LATERAL (SELECT kafka_offset FROM {} WHERE version = m.v "
+                        "AND kafka_partition = m.p AND kafka_offset > m.o) t ON true"
+                    ).format(sql.Identifier(table)),
+                    ([m[0] for m in marks], [m[1] for m in marks], [m[2] for m in marks]),
+                ).fetchall()
+                seen_at = time.time()
+                with obs.lock:
+                    for version, partition, offset in rows:
+                        obs.seen.setdefault((table, int(partition), int(offset)), seen_at)
+                        key = (table, int(version), int(partition))
+                        last[key] = max(last.get(key, -1), int(offset))
+            stop.wait(max(0.0, interval - (time.monotonic() - tick)))
+
+
+def start_stack(home: Path, port: int, code_port: int) -> tuple[subprocess.Popen[str], str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUP_SENSOR_")}
+    env.update(
+        DAGSTER_HOME=str(home), DAGSTER_PORT=str(port), DAGSTER_CODE_SERVER_PORT=str(code_port)
+    )
+    stack = subprocess.Popen(
+        [str(REPO / "dev" / "dagster")],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # stopped in order with SIGTERM, not by our Ctrl-C
+    )
+    assert stack.stdout is not None
+    url = stack.stdout.readline().strip()  # dev/dagster prints the URL once the UI answers
+    if not url:
+        raise RuntimeError(f"dev/dagster exited with {stack.wait()} before the UI answered")
+    return stack, url
+
+
+def stop_stack(stack: subprocess.Popen[str]) -> None:
+    if stack.poll() is None:
+        stack.send_signal(signal.SIGTERM)
+        try:
+            stack.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(stack.pid, signal.SIGKILL)
+            stack.wait()
+
+
+def location_error(url: str) -> str | None:
+    import requests
+
+    query = (
+        "{ workspaceOrError { ... on Workspace { locationEntries { name "
+        "locationOrLoadError { __typename ... on PythonError { message } } } } } }"
+    )
+    data = requests.post(f"{url}/graphql", json={"query": query}, timeout=30).json()
+    for entry in data["data"]["workspaceOrError"]["locationEntries"]:
+        if entry["locationOrLoadError"]["__typename"] == "PythonError":
+            return str(entry["locationOrLoadError"]["message"]).splitlines()[0]
+    return None
+
+
+def runs_started(tables: list[str], window: Window) -> dict[str, int]:
+    """Runs created in the window, per table: a run belongs to a table whose name appears in
+    its job name, asset selection or tag values (no assumption about the run model)."""
+    from dagster import DagsterInstance, RunsFilter
+
+    counts: dict[str, int] = defaultdict(int)
+    with DagsterInstance.get() as instance:
+        records = instance.get_run_records(
+            filters=RunsFilter(
+                created_after=datetime.fromtimestamp(window.start, UTC),
+                created_before=datetime.fromtimestamp(window.end, UTC),
+            )
+        )
+        for record in records:
+            run = record.dagster_run
+            names = [run.job_name, *run.tags.values()]
+            names += ["/".join(key.path) for key in run.asset_selection or ()]
+            owners = [t for t in tables if any(t in name for name in names)]
+            for table in owners or ["(other)"]:
+                counts[table] += 1
+    return counts
+
+
+@dataclass
+class LoadSampler:
+    samples: list[float] = field(default_factory=list)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(10):
+            self.samples.append(os.getloadavg()[0])
+
+
+def percentile(values: list[float], share: float) -> float:
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[round(share * 100) - 1]
+
+
+def report(
+    tables: list[str],
+    obs: Observations,
+    window: Window,
+    runs: dict[str, int],
+    load_before: float,
+    load: LoadSampler,
+) -> str:
+    minutes = (window.end - window.start) / 60
+    lines = [
+        f"freshness (Kafka ack -> row visible), {minutes:.1f} min window, "
+        f"started {datetime.fromtimestamp(window.start, UTC):%Y-%m-%d %H:%M:%S} UTC",
+        f"{'table':<26} {'records':>8} {'missing':>8} {'p50 s':>7} {'p95 s':>7} {'max s':>7}"
+        f" {'runs':>5} {'runs/day':>9}",
+    ]
+    for table in tables:
+        delays = sorted(
+            obs.seen[key] - acked
+            for key, acked in obs.acked.items()
+            if key[0] == table and key in obs.seen
+        )
+        total = sum(1 for key in obs.acked if key[0] == table)
+        started = runs.get(table, 0)
+        figures = (
+            f"{percentile(delays, 0.5):>7.1f} {percentile(delays, 0.95):>7.1f} {delays[-1]:>7.1f}"
+            if delays
+            else f"{'-':>7} {'-':>7} {'-':>7}"
+        )
+        lines.append(
+            f"{table:<26} {total:>8} {total - len(delays):>8} {figures}"
+            f" {started:>5} {started / minutes * 1440:>9.0f}"
+        )
+    if runs.get("(other)"):
+        lines.append(f"other runs in the window: {runs['(other)']}")
+    if obs.produce_errors:
+        lines.append(f"produce errors: {obs.produce_errors}")
+    cores = os.cpu_count() or 1
+    during = load.samples or [os.getloadavg()[0]]
+    mean = statistics.fmean(during)
+    # The stack and this script load the machine themselves; "busy" means more runnable
+    # work than cores before we started, or on average while measuring.
+    busy = load_before > cores * 0.5 or mean > cores
+    lines.append(
+        f"load average (1 min) on {cores} cores: {load_before:.2f} before the stack started, "
+        f"{mean:.2f} mean / {max(during):.2f} max while measuring -> machine "
+        f"{'BUSY' if busy else 'quiet'}"
+    )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0, help="measurement window")
+    parser.add_argument("--rate", type=float, default=20.0, help="records/s per topic")
+    parser.add_argument(
+        "--warmup", type=float, default=30.0, help="seconds produced first, unjudged"
+    )
+    parser.add_argument("--grace", type=float, default=120.0, help="seconds to wait for stragglers")
+    parser.add_argument("--poll", type=float, default=0.2, help="seconds between PostgreSQL polls")
+    parser.add_argument(
+        "--check-health", action="store_true", help="sample the UI's asset checks meanwhile"
+    )
+    parser.add_argument("--health-interval", type=float, default=10.0)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("DAGSTER_PORT", "3000")))
+    parser.add_argument(
+        "--code-port", type=int, default=int(os.environ.get("DAGSTER_CODE_SERVER_PORT", "4000"))
+    )
+    args = parser.parse_args()
+
+    if not os.environ.get("KAFKA_BROKERS"):
+        with_services = REPO / "dev" / "with-services"
+        argv = [str(with_services), sys.executable, __file__, *sys.argv[1:]]
+        os.execv(with_services, argv)  # noqa: S606 - our own script, no shell wanted
+
+    from backup_pipeline.topics import TABLES
+
+    tables = list(TABLES)
+    state = Path(os.environ.get("BACKUP_DEV_STATE", REPO / ".dev"))
+    home = (state / "freshness-dagster-home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+
+    run_cli("migrate")
+    run_cli("create-topics", "--partitions", "3")
+
+    obs = Observations()
+    window = Window()
+    stop_producing, stop_watching, stop_sampling = (threading.Event() for _ in range(3))
+    threads: list[threading.Thread] = []
+    load = LoadSampler()
+    health: Any = None
+    stack: subprocess.Popen[str] | None = None
+    load_before = os.getloadavg()[0]
+    try:
+        log(f"starting dev/dagster (DAGSTER_HOME={home}, default settings)")
+        stack, url = start_stack(home, args.port, args.code_port)
+        if error := location_error(url):
+            raise RuntimeError(f"the code location failed to load: {error}")
+        log(f"{url} answers; producing {args.rate:g} records/s per topic")
+        threads = [
+            threading.Thread(
+                target=watch_rows, args=(partitions_of(tables), args.poll, stop_watching, obs)
+            ),
+            threading.Thread(target=produce, args=(tables, args.rate, window, stop_producing, obs)),
+            threading.Thread(target=load.run, args=(stop_sampling,)),
+        ]
+        if args.check_health:
+            sys.path.insert(0, str(BENCH))
+            import check_health
+
+            health = check_health.HealthSamples()
+            threads.append(
+                threading.Thread(
+                    target=check_health.sample,
+                    args=(url, float("inf"), args.health_interval, stop_sampling),
+                    kwargs={"into": health},
+                )
+            )
+        for thread in threads:
+            thread.start()
+        time.sleep(args.warmup)
+        window.start = time.time()
+        log(f"measuring for {args.minutes:g} min")
+        time.sleep(args.minutes * 60)
+        window.end = time.time()
+        stop_producing.set()
+        stop_sampling.set()
+        deadline = time.monotonic() + args.grace
+        while (pending := obs.pending()) and time.monotonic() < deadline:
+            time.sleep(1)
+        if pending:
+            log(f"{pending} records still not visible after {args.grace:g} s")
+        stop_watching.set()
+        runs = runs_started(tables, window)
+        print(report(tables, obs, window, runs, load_before, load))
+        if health is not None:
+            print(health.report())
+        return 0
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        for event in (stop_producing, stop_sampling, stop_watching):
+            event.set()
+        for thread in threads:
+            thread.join(35)
+        if stack is not None:
+            log("stopping dev/dagster")
+            stop_stack(stack)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
