@@ -21,8 +21,14 @@ def test_every_table_asset_depends_on_its_topic_asset():
         assert "postgres" in graph.get(key).kinds
 
 
-def test_one_running_sensor_per_table():
+def test_a_backup_and_a_reingest_sensor_per_table_both_running():
     sensors = {s.name: s for s in defs.sensors or []}
     for table in TABLES:
-        sensor = sensors[f"{table}_lag_sensor"]
-        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+        for kind in ("backup", "reingest"):
+            sensor = sensors[f"{table}_{kind}_sensor"]
+            assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_the_materialize_button_runs_in_process():
+    job = defs.resolve_implicit_global_asset_job_def()
+    assert job.executor_def.name == "in_process"

@@ -554,6 +554,8 @@ def dagster_server(tmp_path, target) -> Iterator[DagsterServer]:
         BACKUP_SENSOR_INTERVAL_SECONDS="5",
         BACKUP_BATCH_SIZE="20",
         BACKUP_VERSION="1",
+        # Follow runs hand over to a successor every 10 s, so later runs finish.
+        BACKUP_RUN_FOLLOW_SECONDS="10",
     )
     server = DagsterServer(tmp_path / "dagster_home", env)
     yield server
@@ -562,8 +564,8 @@ def dagster_server(tmp_path, target) -> Iterator[DagsterServer]:
 
 def test_a_run_killed_with_sigkill_is_marked_failed_and_the_topic_recovers(target, dagster_server):
     """SIGKILL of the process that executes a sensor-launched run, mid-pass: Dagster marks
-    the run FAILURE, the writer slot of the topic is free again (a retry or the next
-    sensor tick runs), and in the end every offset is stored exactly once."""
+    the run FAILURE, the topic is free again (a retry or the next sensor tick follows it),
+    and every offset is stored exactly once."""
     server = dagster_server
     topic = target.topics[BEKREFTELSER.table]
     records = 50_000
@@ -606,10 +608,5 @@ def test_a_run_killed_with_sigkill_is_marked_failed_and_the_topic_recovers(targe
     print(
         f"killed run {run['runId']} at {killed_at} of {records} offsets; later runs: "
         + ", ".join(f"{r['runId']} {r['tags']}" for r in later)
-    )
-    server.wait_for(
-        lambda: not any(r["jobName"] == job and r["status"] == "STARTED" for r in server.runs()),
-        60,
-        "no run of the topic left running",
     )
     assert_exactly_once(target, BEKREFTELSER, records)

@@ -270,3 +270,52 @@ def test_a_new_version_is_reingested_by_its_own_sensor_then_serves(env, producer
         == v1_rows
     )
     assert db.execute("SELECT count(*) FROM bekreftelse_hendelser_current").fetchone()[0] == 30
+
+
+def test_a_failed_run_is_tagged_with_the_run_that_retried_it(env):
+    instance = dg.DagsterInstance.ephemeral()
+    failed = create_run_for_test(
+        instance, job_name="backup_bekreftelser", status=dg.DagsterRunStatus.FAILURE
+    )
+    retry = create_run_for_test(
+        instance,
+        job_name="backup_bekreftelser",
+        status=dg.DagsterRunStatus.STARTED,
+        tags={"dagster/parent_run_id": failed.run_id},
+    )
+    checks.mark_retried(instance, BEKREFTELSER)
+    tagged = instance.get_run_by_id(failed.run_id)
+    assert tagged is not None and tagged.tags[checks.RETRIED_BY_TAG] == retry.run_id
+
+
+def test_reingestion_progress_moves_with_an_eta_while_it_runs(env, producer, topic_names):
+    instance = dg.DagsterInstance.ephemeral()
+    produce(producer, topic_names[BEKREFTELSER.table], good_records(BEKREFTELSER, 40))
+    assert materialize(BEKREFTELSER.table, instance).success
+    env.setenv("BACKUP_VERSION", "2")
+    env.setenv("BACKUP_CAUGHT_UP_MAX_LAG", "0")
+
+    def progress(cursor: str | None):
+        result, context = tick("bekreftelser_backup_sensor", instance, cursor)
+        (observation,) = [
+            e
+            for e in result.asset_events
+            if e.asset_key == dg.AssetKey("bekreftelser") and isinstance(e, dg.AssetObservation)
+        ]
+        return observation.metadata, context.cursor
+
+    before, cursor = progress(None)
+    assert before["reingest_percent"].value == 0.0
+    assert "0 of 40 records" in before["reingest_progress"].value
+    # A capped pass of the re-ingestion (as its run does pass by pass).
+    config = {"ops": {"bekreftelser": {"config": {"version": 2, "max_records": 10}}}}
+    assert dg.materialize(
+        [table_asset("bekreftelser")],
+        instance=instance,
+        resources={"engine": BackupEngine()},
+        run_config=config,
+    ).success
+    after, _ = progress(cursor)
+    assert 0 < after["reingest_percent"].value < 100
+    assert "ETA" in after["reingest_progress"].value
+    assert "unknown" not in after["reingest_progress"].value

@@ -11,6 +11,8 @@ import dagster as dg
 import psycopg
 
 from backup_pipeline import backup, logs, versions
+from backup_pipeline.errors import BackupError
+from backup_pipeline.orchestration import checks
 from backup_pipeline.orchestration.jobs import TABLE_TAG, VERSION_TAG
 from backup_pipeline.orchestration.resources import (
     BackupEngine,
@@ -19,6 +21,7 @@ from backup_pipeline.orchestration.resources import (
     rows_stored,
 )
 from backup_pipeline.report import PassReport
+from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TOPICS, TopicSpec, ValueFormat
 
 GROUP = "kafka_backup"
@@ -96,7 +99,6 @@ class _Window:
     seconds: float = 0.0
     newest: datetime | None = None
     hwms: dict[int, int] = field(default_factory=dict)
-    started: float = field(default_factory=time.monotonic)
 
     def add(self, report: PassReport, newest: datetime | None) -> None:
         self.rows += report.rows
@@ -170,14 +172,22 @@ def table_asset(spec: TopicSpec) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, config: BackupRunConfig, engine: BackupEngine
     ) -> Iterator[dg.AssetMaterialization | dg.AssetObservation | dg.MaterializeResult]:
         settings = engine.prepare()
-        version, serving = engine.write_version(spec, config.version)
+        try:
+            version, serving = engine.write_version(spec, config.version)
+        except versions.RetiredVersionError as exc:
+            # Queued before a re-ingestion took over: nothing to do, and nothing failed.
+            context.log.info(f"not run: {exc}")
+            return
         _tag_run(context, spec, version)
         reingest = serving is not None and version != serving
         outcome = backup.FollowOutcome()
         with logs.bind(run_id=context.run.run_id, table=spec.table), engine.connection() as conn:
             window = _Window(rows_before=rows_stored(conn, spec.table, version))
-            reported = False
-            if config.follow_seconds > 0:
+            following = config.follow_seconds > 0
+            # The first pass that stored records is reported at once, later ones at most
+            # every BACKUP_MATERIALIZE_EVERY_SECONDS (and whatever is left when the run ends).
+            reported_at: float | None = None
+            if following:
                 reports = engine.follow(
                     spec, version, config.follow_seconds, outcome, _retired(conn, spec, version)
                 )
@@ -201,18 +211,32 @@ def table_asset(spec: TopicSpec) -> dg.AssetsDefinition:
                             ]
                         )
                     )
-                if window.rows and time.monotonic() - window.started >= (
-                    settings.backup_materialize_every_seconds
+                now = time.monotonic()
+                if (
+                    following
+                    and window.records
+                    and (
+                        reported_at is None
+                        or now - reported_at >= settings.backup_materialize_every_seconds
+                    )
                 ):
+                    judged = [] if reingest else _judge_checks(context, spec, engine, settings)
                     yield _event(spec, window, version, reingest, None)
-                    reported = True
+                    _report(context, judged)
+                    reported_at = now
                     window = window.next()
             if outcome.skipped:
                 context.log.info(outcome.skipped)
-            elif window.passes and (window.records or not reported):
+            elif window.records or (window.passes and not following):
+                judged = (
+                    _judge_checks(context, spec, engine, settings)
+                    if following and not reingest
+                    else []
+                )
                 yield _event(
                     spec, window, version, reingest, outcome.ended_because or None, final=True
                 )
+                _report(context, judged)
 
     return _backup
 
@@ -232,6 +256,32 @@ def _retired(conn: psycopg.Connection, spec: TopicSpec, version: int) -> Callabl
         )
 
     return retired
+
+
+def _judge_checks(
+    context: dg.AssetExecutionContext, spec: TopicSpec, engine: BackupEngine, settings: Settings
+) -> list[dg.AssetCheckEvaluation]:
+    """The checks as the sensor would judge them now, to report with a materialization."""
+    try:
+        view = engine.topic_view(spec, timeout=5.0)
+    except BackupError as exc:
+        context.log.warning(f"checks not judged with this materialization: {exc}")
+        return []
+    instance = context.instance
+    since = checks.lag_high_since(instance, spec)
+    return checks.evaluations(
+        spec, checks.health(instance, spec, view, settings, time.time(), since)
+    )
+
+
+def _report(context: dg.AssetExecutionContext, judged: list[dg.AssetCheckEvaluation]) -> None:
+    """Report check results right after the materialization they judge (judged before it,
+    so only milliseconds pass in between). Reported, not yielded: Dagster records an
+    evaluation the run did not plan only when it comes from outside a run, and the asset
+    page counts only evaluations newer than the latest materialization — without this it
+    would show "not evaluated" after each materialization until the next sensor tick."""
+    for evaluation in judged:
+        context.instance.report_runless_asset_event(evaluation)
 
 
 def _event(

@@ -9,6 +9,7 @@ after it stayed above the threshold for BACKUP_LAG_ALERT_SECONDS, and a failed r
 counting once a later run of the same job succeeded.
 """
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ import dagster as dg
 from backup_pipeline.errors import BackupError
 from backup_pipeline.orchestration.jobs import job_name
 from backup_pipeline.orchestration.resources import BackupEngine, TopicView
+from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TOPICS, TopicSpec
 
 LAG = "lag_below_threshold"
@@ -147,6 +149,68 @@ def latest_failed_run(instance: dg.DagsterInstance, spec: TopicSpec) -> FailedRu
     return FailedRun(run.run_id, message)
 
 
+RETRIED_BY_TAG = "backup_pipeline/retried_by"
+
+
+def mark_retried(instance: dg.DagsterInstance, spec: TopicSpec) -> None:
+    """Tag a failed run with the run that retried it: the runs list shows the failure red,
+    and this tag says it was dealt with, and by which run (Dagster tags only the retry)."""
+    failed = instance.get_run_records(
+        filters=dg.RunsFilter(job_name=job_name(spec), statuses=[dg.DagsterRunStatus.FAILURE]),
+        limit=5,
+    )
+    for record in failed:
+        run = record.dagster_run
+        if RETRIED_BY_TAG in run.tags:
+            continue
+        retries = instance.get_run_records(
+            filters=dg.RunsFilter(tags={"dagster/parent_run_id": run.run_id}), limit=1
+        )
+        if retries:
+            instance.add_run_tags(run.run_id, {RETRIED_BY_TAG: retries[0].dagster_run.run_id})
+
+
+def _lag_key(spec: TopicSpec) -> str:
+    return f"backup_pipeline/lag_high_since/{spec.table}"
+
+
+def lag_high_since(instance: dg.DagsterInstance, spec: TopicSpec) -> float | None:
+    """Since when (epoch seconds) the sensor has seen the lag above the threshold. Kept in
+    the instance's key-value store, so a run and a check run by hand judge like the sensor."""
+    value = instance.run_storage.get_cursor_values({_lag_key(spec)}).get(_lag_key(spec), "")
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def remember_lag(
+    instance: dg.DagsterInstance, spec: TopicSpec, lag: int, max_lag: int, now: float
+) -> float | None:
+    """The sensor's update of :func:`lag_high_since`; returns it."""
+    since = lag_high_since(instance, spec)
+    since = (since or now) if lag > max_lag else None
+    instance.run_storage.set_cursor_values({_lag_key(spec): "" if since is None else str(since)})
+    return since
+
+
+def health(
+    instance: dg.DagsterInstance,
+    spec: TopicSpec,
+    view: TopicView,
+    settings: Settings,
+    now: float,
+    since: float | None,
+) -> Health:
+    return Health(
+        view=view,
+        max_lag=settings.backup_caught_up_max_lag,
+        lag_alert_seconds=settings.backup_lag_alert_seconds,
+        lag_high_for_seconds=(now - since) if since is not None else None,
+        failed_run=latest_failed_run(instance, spec),
+    )
+
+
 def evaluations(spec: TopicSpec, health: Health) -> list[dg.AssetCheckEvaluation]:
     """What a sensor tick reports."""
     return [
@@ -180,17 +244,16 @@ def table_checks(spec: TopicSpec) -> dg.AssetChecksDefinition:
             view = engine.topic_view(spec)
         except BackupError as exc:
             raise dg.Failure(description=f"cannot judge {spec.table}: {exc}") from None
-        lag = view.serving_lag
-        health = Health(
-            view=view,
-            max_lag=settings.backup_caught_up_max_lag,
-            # Run by hand there is no history: judge the lag as it is now.
-            lag_alert_seconds=0.0,
-            lag_high_for_seconds=0.0 if lag > settings.backup_caught_up_max_lag else None,
-            failed_run=latest_failed_run(context.instance, spec),
+        judged = health(
+            context.instance,
+            spec,
+            view,
+            settings,
+            time.time(),
+            lag_high_since(context.instance, spec),
         )
         selected = {key.name for key in context.selected_asset_check_keys}
-        for outcome in judge(spec, health):
+        for outcome in judge(spec, judged):
             if outcome.name in selected:
                 yield dg.AssetCheckResult(
                     asset_key=spec.table,

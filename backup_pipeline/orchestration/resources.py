@@ -92,6 +92,16 @@ class BackupEngine(dg.ConfigurableResource):
         )
 
     def topic_view(self, spec: TopicSpec, timeout: float = 10.0) -> TopicView:
+        try:
+            return self._topic_view(spec, timeout)
+        except psycopg.errors.UndefinedTable:
+            # A new database: the sensor comes first, so it migrates (as runs do).
+            if not self.settings().backup_auto_migrate:
+                raise
+            self.prepare()
+            return self._topic_view(spec, timeout)
+
+    def _topic_view(self, spec: TopicSpec, timeout: float) -> TopicView:
         settings = self.settings()
         consumer = backup.open_consumer(settings)
         try:

@@ -120,12 +120,10 @@ def _run_request(spec: TopicSpec, version: int, settings: Settings) -> dg.RunReq
 
 @dataclass
 class Cursor:
-    """What a tick remembers: the serving version (to say when it switched), since when the
-    lag has been above the threshold, and where a re-ingestion stood when first seen (for
-    its rate and ETA)."""
+    """What a tick remembers: the serving version (to say when it switched) and where a
+    re-ingestion stood when first seen (for its rate and ETA)."""
 
     serving: int | None = None
-    lag_high_since: float | None = None
     reingest_version: int | None = None
     reingest_start_done: int = 0
     reingest_start_at: float = 0.0
@@ -137,8 +135,9 @@ class Cursor:
         if text.isdigit():  # the cursor of releases before this one: the serving version
             return cls(serving=int(text))
         try:
-            return cls(**json.loads(text))
-        except (ValueError, TypeError):
+            known = {k: v for k, v in json.loads(text).items() if k in cls.__dataclass_fields__}
+            return cls(**known)
+        except (ValueError, TypeError, AttributeError):
             return cls()
 
     def dump(self) -> str:
@@ -167,11 +166,6 @@ def observe(
     if cursor.serving is not None and cursor.serving != state.serving:
         reasons.append(f"switched from version {cursor.serving} to version {state.serving}")
     cursor.serving = state.serving
-
-    if lag > settings.backup_caught_up_max_lag:
-        cursor.lag_high_since = cursor.lag_high_since or now
-    else:
-        cursor.lag_high_since = None
 
     table_meta: dict[str, Any] = {
         "lag": lag,
@@ -230,14 +224,12 @@ def backup_tick(
     now = time.time()
     cursor = Cursor.parse(context.cursor)
     events, reasons = observe(spec, view, cursor, settings, now)
-    health = checks.Health(
-        view=view,
-        max_lag=settings.backup_caught_up_max_lag,
-        lag_alert_seconds=settings.backup_lag_alert_seconds,
-        lag_high_for_seconds=(now - cursor.lag_high_since) if cursor.lag_high_since else None,
-        failed_run=checks.latest_failed_run(context.instance, spec),
+    since = checks.remember_lag(
+        context.instance, spec, view.serving_lag, settings.backup_caught_up_max_lag, now
     )
+    health = checks.health(context.instance, spec, view, settings, now, since)
     events.extend(checks.evaluations(spec, health))
+    checks.mark_retried(context.instance, spec)
     version = view.state.serving
     start, why = follow_decision(
         _active_runs(context.instance, job_name(spec), version, now),
