@@ -131,3 +131,4 @@ def test_the_verify_check_recognises_a_topic_restored_under_its_own_name(
     )
     assert check.passed, check.metadata["summary"].value
     assert check.metadata["compared"].value > 0
+    assert check.metadata["excluded_by_restore"].value == 1  # the quarantined record
