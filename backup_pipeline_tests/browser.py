@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 # As root in a closed network: no sandbox, and none of Chromium's calls home.
 CHROMIUM_ARGS = [
@@ -39,5 +40,9 @@ def browser_page() -> Iterator[Page]:
 def dismiss_dialogs(page: Page) -> None:
     """Dagster greets a new instance with a community dialog; skip it."""
     skip = page.get_by_role("button", name="Skip")
-    if skip.count():
-        skip.first.click()
+    try:
+        # It appears a moment after the page: wait for it briefly, once per page load.
+        skip.first.wait_for(timeout=3_000)
+    except PlaywrightTimeoutError:
+        return
+    skip.first.click()

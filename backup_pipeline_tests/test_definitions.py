@@ -32,3 +32,13 @@ def test_a_backup_and_a_reingest_sensor_per_table_both_running():
 def test_the_materialize_button_runs_in_process():
     job = defs.resolve_implicit_global_asset_job_def()
     assert job.executor_def.name == "in_process"
+
+
+def test_the_sample_verify_check_sits_on_the_topic_so_materialize_leaves_it_out():
+    from backup_pipeline.orchestration import checks
+
+    keys = defs.resolve_asset_graph().asset_check_keys
+    for table in TABLES:
+        on_table = {k.name for k in keys if k.asset_key == dg.AssetKey(table)}
+        assert on_table == set(checks.CHECKS)
+    assert {k.name for k in keys if k.asset_key.path[0] == "kafka"} == {"matches_topic"}

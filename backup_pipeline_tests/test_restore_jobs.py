@@ -9,6 +9,7 @@ import pytest
 
 from backup_pipeline.backup import backup_topic
 from backup_pipeline.definitions import defs
+from backup_pipeline.orchestration.assets import topic_asset_key
 from backup_pipeline.orchestration.restore_jobs import restore_job
 from backup_pipeline.restore import RestoreRequest, restore
 from backup_pipeline.topics import TOPICS, spec_for_table
@@ -88,7 +89,7 @@ def test_the_verify_check_passes_then_finds_a_changed_row(env, settings, produce
         return next(
             e
             for e in result.get_asset_check_evaluations()
-            if e.asset_key == dg.AssetKey("bekreftelser")
+            if e.asset_key == topic_asset_key(BEKREFTELSER)
         )
 
     assert evaluation().passed
@@ -127,7 +128,7 @@ def test_the_verify_check_recognises_a_topic_restored_under_its_own_name(
     check = next(
         e
         for e in result.get_asset_check_evaluations()
-        if e.asset_key == dg.AssetKey("bekreftelser")
+        if e.asset_key == topic_asset_key(BEKREFTELSER)
     )
     assert check.passed, check.metadata["summary"].value
     assert check.metadata["compared"].value > 0

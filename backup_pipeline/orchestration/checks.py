@@ -24,7 +24,7 @@ from backup_pipeline.topics import TOPICS, TopicSpec
 
 LAG = "lag_below_threshold"
 QUARANTINE = "no_unacknowledged_quarantine"
-GAPS = "no_unacknowledged_retention_gaps"
+GAPS = "no_unacknowledged_gaps"
 RUNS = "backup_runs_succeed"
 CHECKS = (LAG, QUARANTINE, GAPS, RUNS)
 
@@ -89,11 +89,14 @@ def judge(spec: TopicSpec, health: Health) -> list[Outcome]:
             not lag_failing,
             dg.AssetCheckSeverity.ERROR,
             {
+                # The one series worth a plot; the limits are text, so no flat lines.
                 "lag": lag,
-                "max_lag": health.max_lag,
-                "above_for_seconds": round(high or 0.0, 1),
-                "alert_after_seconds": health.lag_alert_seconds,
                 "serving_version": dg.MetadataValue.text(f"v{version}"),
+                "rule": dg.MetadataValue.text(
+                    f"fails when the lag stays above {health.max_lag} for "
+                    f"{health.lag_alert_seconds:.0f} s"
+                ),
+                **({"above_for_seconds": round(high, 1)} if high is not None else {}),
             },
         ),
         Outcome(
@@ -101,7 +104,7 @@ def judge(spec: TopicSpec, health: Health) -> list[Outcome]:
             unack.quarantined == 0,
             dg.AssetCheckSeverity.WARN,
             {
-                "unacknowledged": unack.quarantined,
+                **_count("unacknowledged", unack.quarantined),
                 "where_to_look": dg.MetadataValue.text(where),
                 "how_to_acknowledge": dg.MetadataValue.text(
                     f"backup-pipeline acknowledge --table {spec.table} --quarantine "
@@ -114,15 +117,24 @@ def judge(spec: TopicSpec, health: Health) -> list[Outcome]:
             unack.lost_offsets == 0,
             dg.AssetCheckSeverity.ERROR,
             {
-                "unacknowledged_lost_offsets": unack.lost_offsets,
+                **_count("unacknowledged_lost_offsets", unack.lost_offsets),
                 "where_to_look": dg.MetadataValue.text(
                     f"SELECT * FROM backup_gaps WHERE kafka_topic = '{view.state.topic}' "
                     f"AND version = {version} AND kind = 'retention' AND acknowledged_at IS NULL"
+                ),
+                "how_to_acknowledge": dg.MetadataValue.text(
+                    f"backup-pipeline acknowledge --table {spec.table} --gaps --by NAME --note TEXT"
                 ),
             },
         ),
         Outcome(RUNS, health.failed_run is None, dg.AssetCheckSeverity.ERROR, runs_meta),
     ]
+
+
+def _count(name: str, value: int) -> dict[str, Any]:
+    """A count as a number when there is something to count, else as text: a series that
+    is 0 on every healthy tick would only draw a flat line."""
+    return {name: value} if value else {name: dg.MetadataValue.text("none")}
 
 
 _FINISHED = [

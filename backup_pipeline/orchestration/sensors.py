@@ -184,13 +184,16 @@ def observe(
         )
         remaining = max(0, state.records_total - state.records_done)
         eta = remaining / rate if rate > 0 else None
+        window = settings.backup_backfill_window
+        minute = time.gmtime(now).tm_hour * 60 + time.gmtime(now).tm_min
+        waiting = "" if in_window(window, minute) else f"; waiting for window {window} UTC"
         table_meta.update(
             {
                 "reingest_version": dg.MetadataValue.text(f"v{state.target}"),
                 "reingest_percent": round(100 * state.progress, 1),
                 "reingest_progress": dg.MetadataValue.text(
                     f"{state.records_done:,} of {state.records_total:,} records; "
-                    f"ETA {_eta_text(eta)}"
+                    f"ETA {_eta_text(eta)}{waiting}"
                 ),
             }
         )
