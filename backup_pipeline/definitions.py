@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from backup_pipeline.orchestration.acknowledge_job import acknowledge_job
 from backup_pipeline.orchestration.assets import TABLE_ASSETS, TOPIC_SPECS
 from backup_pipeline.orchestration.checks import TABLE_CHECKS
 from backup_pipeline.orchestration.jobs import JOBS, REINGEST_JOBS
@@ -18,7 +19,14 @@ from backup_pipeline.orchestration.sensors import SENSORS
 defs = dg.Definitions(
     assets=[*TOPIC_SPECS, *TABLE_ASSETS],
     asset_checks=[*TABLE_CHECKS, *VERIFY_CHECKS],
-    jobs=[*JOBS.values(), *REINGEST_JOBS.values(), purge_old_runs_job, restore_job, verify_job],
+    jobs=[
+        *JOBS.values(),
+        *REINGEST_JOBS.values(),
+        purge_old_runs_job,
+        restore_job,
+        verify_job,
+        acknowledge_job,
+    ],
     sensors=SENSORS,
     schedules=[purge_schedule, verify_schedule],
     resources={"engine": BackupEngine()},

@@ -9,7 +9,6 @@ import dagster as dg
 import pytest
 from dagster._core.test_utils import create_run_for_test
 
-from backup_pipeline import acknowledge
 from backup_pipeline.definitions import defs
 from backup_pipeline.demo_data import DemoRecord
 from backup_pipeline.orchestration import assets as asset_defs
@@ -94,11 +93,18 @@ def test_quarantine_fails_its_check_until_acknowledged(env, producer, topic_name
     assert quarantine.metadata["unacknowledged"].value == 1
     assert "backup_quarantine" in quarantine.metadata["where_to_look"].value
 
-    assert acknowledge.acknowledge(db, HENDELSER.table, topic, 1, "quarantine", "ops", "ok") == 1
+    # From the UI: the acknowledge job, configured in the Launchpad.
+    job = defs.resolve_job_def("acknowledge_job")
+    config = {"table": HENDELSER.table, "what": "quarantine", "by": "ops", "note": "reviewed"}
+    assert job.execute_in_process(
+        instance=instance, run_config={"ops": {"acknowledge_rows": {"config": config}}}
+    ).success
     result = materialize(HENDELSER.table, instance)
     assert checks_by_name(result.get_asset_check_evaluations())[checks.QUARANTINE].passed
     # Acknowledged, not deleted.
-    assert db.execute("SELECT count(*) FROM backup_quarantine").fetchone()[0] == 1
+    assert db.execute(
+        "SELECT count(*), min(acknowledged_by), min(acknowledged_note) FROM backup_quarantine"
+    ).fetchone() == (1, "ops", "reviewed")
 
 
 def sensor(name: str) -> dg.SensorDefinition:
