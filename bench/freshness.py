@@ -228,26 +228,33 @@ def location_error(url: str) -> str | None:
     return None
 
 
-def runs_started(tables: list[str], window: Window) -> dict[str, int]:
-    """Runs created in the window, per table: a run belongs to a table whose name appears in
-    its job name, asset selection or tag values (no assumption about the run model)."""
+@dataclass
+class RunCounts:
+    started: int = 0  # created inside the window
+    active: int = 0  # in progress at some moment of the window, wherever they started
+
+
+def run_counts(tables: list[str], window: Window) -> dict[str, RunCounts]:
+    """Runs per table: a run belongs to a table whose name appears in its job name, asset
+    selection or tag values (no assumption about the run model)."""
     from dagster import DagsterInstance, RunsFilter
 
-    counts: dict[str, int] = defaultdict(int)
+    counts: dict[str, RunCounts] = defaultdict(RunCounts)
     with DagsterInstance.get() as instance:
         records = instance.get_run_records(
-            filters=RunsFilter(
-                created_after=datetime.fromtimestamp(window.start, UTC),
-                created_before=datetime.fromtimestamp(window.end, UTC),
-            )
+            filters=RunsFilter(created_before=datetime.fromtimestamp(window.end, UTC))
         )
         for record in records:
+            if record.end_time is not None and record.end_time < window.start:
+                continue
             run = record.dagster_run
             names = [run.job_name, *run.tags.values()]
             names += ["/".join(key.path) for key in run.asset_selection or ()]
             owners = [t for t in tables if any(t in name for name in names)]
             for table in owners or ["(other)"]:
-                counts[table] += 1
+                counts[table].active += 1
+                if record.create_timestamp.timestamp() >= window.start:
+                    counts[table].started += 1
     return counts
 
 
@@ -270,7 +277,7 @@ def report(
     tables: list[str],
     obs: Observations,
     window: Window,
-    runs: dict[str, int],
+    runs: dict[str, RunCounts],
     load_before: float,
     load: LoadSampler,
 ) -> str:
@@ -279,7 +286,7 @@ def report(
         f"freshness (Kafka ack -> row visible), {minutes:.1f} min window, "
         f"started {datetime.fromtimestamp(window.start, UTC):%Y-%m-%d %H:%M:%S} UTC",
         f"{'table':<26} {'records':>8} {'missing':>8} {'p50 s':>7} {'p95 s':>7} {'max s':>7}"
-        f" {'runs':>5} {'runs/day':>9}",
+        f" {'runs':>5} {'active':>6} {'runs/day':>9}",
     ]
     for table in tables:
         delays = sorted(
@@ -288,7 +295,13 @@ def report(
             if key[0] == table and key in obs.seen
         )
         total = sum(1 for key in obs.acked if key[0] == table)
-        started = runs.get(table, 0)
+        counted = runs.get(table, RunCounts())
+        # No run started in the window: all that is known is fewer than one per window.
+        per_day = (
+            f"{counted.started / minutes * 1440:>9.0f}"
+            if counted.started
+            else f"{'<' + format(1440 / minutes, '.0f'):>9}"
+        )
         figures = (
             f"{percentile(delays, 0.5):>7.1f} {percentile(delays, 0.95):>7.1f} {delays[-1]:>7.1f}"
             if delays
@@ -296,10 +309,14 @@ def report(
         )
         lines.append(
             f"{table:<26} {total:>8} {total - len(delays):>8} {figures}"
-            f" {started:>5} {started / minutes * 1440:>9.0f}"
+            f" {counted.started:>5} {counted.active:>6} {per_day}"
         )
-    if runs.get("(other)"):
-        lines.append(f"other runs in the window: {runs['(other)']}")
+    if "(other)" in runs:
+        lines.append(f"other runs active in the window: {runs['(other)'].active}")
+    lines.append(
+        "runs: started in the window; active: in progress at some moment of it; "
+        "runs/day: started, extrapolated"
+    )
     if obs.produce_errors:
         lines.append(f"produce errors: {obs.produce_errors}")
     cores = os.cpu_count() or 1
@@ -399,7 +416,7 @@ def main() -> int:
         if pending:
             log(f"{pending} records still not visible after {args.grace:g} s")
         stop_watching.set()
-        runs = runs_started(tables, window)
+        runs = run_counts(tables, window)
         print(report(tables, obs, window, runs, load_before, load))
         if health is not None:
             print(health.report())
