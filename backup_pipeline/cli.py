@@ -72,6 +72,14 @@ def migrate_command() -> None:
     "re-ingested if any).",
 )
 @click.option("--allow-retired", is_flag=True, help="Allow --version to name a retired version.")
+@click.option(
+    "--wait",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for a running pass (a Dagster follow run) to hand the topic over; "
+    "0: skip a topic another pass holds.",
+)
 @click.option("--no-migrate", is_flag=True, help="Do not apply pending migrations first.")
 @friendly_errors
 def backup_command(
@@ -79,6 +87,7 @@ def backup_command(
     max_records: int | None,
     version: int | None,
     allow_retired: bool,
+    wait: float,
     no_migrate: bool,
 ) -> None:
     """Run one backup pass per topic and version and print the reports."""
@@ -98,7 +107,12 @@ def backup_command(
             targets = [state.serving] + ([state.target] if state.reingesting else [])
         for v in targets:
             report = backup.backup_topic(
-                settings, spec, version=v, max_records=max_records, allow_retired=allow_retired
+                settings,
+                spec,
+                version=v,
+                max_records=max_records,
+                allow_retired=allow_retired,
+                lock_wait_seconds=wait,
             )
             click.echo(report.summary())
             failed = failed or bool(report.errors)

@@ -87,15 +87,6 @@ class Settings(BaseModel):
     backup_caught_up_max_lag: int = Field(
         default=1000, ge=0, validation_alias="BACKUP_CAUGHT_UP_MAX_LAG"
     )
-    # Records per Dagster run of the current version: a run stays well inside the run
-    # monitor's max runtime even after a long outage; the sensor starts the next one.
-    backup_run_max_records: int = Field(
-        default=1_000_000, ge=1, validation_alias="BACKUP_RUN_MAX_RECORDS"
-    )
-    # Records per run while re-ingesting, so each run of a big backfill stays short.
-    backup_backfill_run_records: int = Field(
-        default=200_000, ge=1, validation_alias="BACKUP_BACKFILL_RUN_RECORDS"
-    )
     # "HH:MM-HH:MM" (UTC): re-ingestion runs start only inside it; empty = at once.
     backup_backfill_window: str = Field(default="", validation_alias="BACKUP_BACKFILL_WINDOW")
     backup_auto_migrate: bool = Field(default=True, validation_alias="BACKUP_AUTO_MIGRATE")
