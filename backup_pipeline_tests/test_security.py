@@ -533,7 +533,10 @@ RUNTIME_GRANTS = [
     "GRANT USAGE ON SCHEMA public TO {role}",
     "GRANT SELECT, INSERT ON bekreftelse_hendelser, bekreftelser, bekreftelse_paa_vegne_av,"
     " backup_quarantine TO {role}",
-    "GRANT SELECT, INSERT, UPDATE ON bekreftelse_hwm, backup_gaps TO {role}",
+    "GRANT SELECT, INSERT, UPDATE ON bekreftelse_hwm, backup_gaps, backup_versions TO {role}",
+    # Acknowledging reviewed quarantine: only the acknowledgement columns.
+    "GRANT UPDATE (acknowledged_at, acknowledged_by, acknowledged_note)"
+    " ON backup_quarantine TO {role}",
 ]
 
 
