@@ -93,20 +93,21 @@ class HealthSamples:
         lines = [
             f"asset check health: {self.samples} samples"
             + (f" ({self.errors} failed requests not counted)" if self.errors else ""),
-            f"  {'check':<58} {'passing':>8}  states",
         ]
+        width = max([58, *(len(c) for c in self.by_check)])
+        lines.append(f"  {'check':<{width}} {'passing':>8}  states")
         for check in sorted(self.by_check):
             counter = self.by_check[check]
             states = ", ".join(f"{s} {n}" for s, n in counter.most_common())
-            lines.append(f"  {check:<58} {self.share_passing([check]):>8.1%}  {states}")
-        lines.append(f"  {'overall (target >= 95%)':<58} {self.share_passing():>8.1%}")
+            lines.append(f"  {check:<{width}} {self.share_passing([check]):>8.1%}  {states}")
+        lines.append(f"  {'overall (target >= 95%)':<{width}} {self.share_passing():>8.1%}")
         # A check that only runs on a schedule (e.g. a sample verify) may show nothing
         # for the latest materialization through no fault of its own: say what the share is
         # without checks that never had a result in the window.
         ran = [c for c, counter in self.by_check.items() if set(counter) != {"NONE"}]
         if len(ran) < len(self.by_check):
             lines.append(
-                f"  {'overall, checks with a result in the window only':<58} "
+                f"  {'overall, checks with a result in the window only':<{width}} "
                 f"{self.share_passing(ran):>8.1%}"
             )
         return "\n".join(lines)

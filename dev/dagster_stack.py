@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from dagster import DagsterInstance
+    from dagster import DagsterInstance, DagsterRun
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -268,6 +268,14 @@ class Stack:
             self.stopped_after.setdefault(name, time.monotonic())
         return done
 
+    def ours(self, run: DagsterRun) -> bool:
+        """Whether the run belongs to this stack's code server. The instance's storage may be
+        shared (the tests, another stack on the same services): their runs are not ours to
+        cancel."""
+        origin = run.remote_job_origin
+        location = origin.repository_origin.code_location_origin if origin else None
+        return getattr(location, "port", None) == self.code_port
+
     def cancel_runs(self, deadline: float, launcher_gone: Callable[[], bool]) -> int:
         """Cancel every queued or running run the way the UI's Terminate button does, and
         wait until each has ended; return how many there were."""
@@ -287,7 +295,9 @@ class Stack:
         cancellable = {DagsterRunStatus.QUEUED, DagsterRunStatus.STARTED}
         asked: set[str] = set()
         while True:
-            runs = instance.get_runs(filters=RunsFilter(statuses=waiting))
+            runs = [
+                r for r in instance.get_runs(filters=RunsFilter(statuses=waiting)) if self.ours(r)
+            ]
             if not runs:
                 self.stopped_after.setdefault("runs", time.monotonic())
             if not runs and launcher_gone():
@@ -305,6 +315,8 @@ class Stack:
         # A run that did not end in time would otherwise stay STARTED and hold its writer
         # slot: mark it cancelled, as the UI's "force termination" does.
         for run in instance.get_runs(filters=RunsFilter(statuses=waiting)):
+            if not self.ours(run):
+                continue
             log(f"run {run.run_id} did not stop in time; marking it CANCELED")
             instance.report_run_canceled(run, message="Stopped with dev/dagster.")
             asked.add(run.run_id)
