@@ -51,6 +51,7 @@ def run_pass(
     kafka_timeout: float = 10.0,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
     more_connections: Callable[[], Sequence[psycopg.Connection]] | None = None,
+    no_progress_seconds: float = 300.0,
 ) -> PassReport:
     """Back up ``topic`` into ``spec.table`` from each partition's HWM to its end offset.
 
@@ -91,6 +92,7 @@ def run_pass(
             max_records=max_records,
             kafka_timeout=kafka_timeout,
             extra_connections=extra,
+            no_progress_seconds=no_progress_seconds,
         )
     finally:
         lock.release()
@@ -113,6 +115,7 @@ def _run_locked(
     max_records: int,
     kafka_timeout: float,
     extra_connections: list[psycopg.Connection],
+    no_progress_seconds: float = 300.0,
 ) -> None:
     hwms = hwm.read(conn, version, topic)
     plan = source.ReadPlan()
@@ -184,6 +187,7 @@ def _run_locked(
             batch_size=batch_size,
             batch_bytes=batch_bytes,
             max_records=max_records,
+            idle_timeout=no_progress_seconds,
         ):
             moves = {p: (planned[p], new) for p, new in batch.hwms.items() if new != planned[p]}
             messages = cast(list[KafkaMessage], batch.messages)
@@ -237,6 +241,7 @@ def follow(
     kafka_timeout: float = 10.0,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
     more_connections: Callable[[], Sequence[psycopg.Connection]] | None = None,
+    no_progress_seconds: float = 300.0,
 ) -> Iterator[PassReport]:
     """Passes one after another, holding the writer lock, until ``until`` (monotonic).
 
@@ -280,6 +285,7 @@ def follow(
                 max_records=max_records,
                 kafka_timeout=kafka_timeout,
                 extra_connections=extra,
+                no_progress_seconds=no_progress_seconds,
             )
             report.duration_seconds = time.monotonic() - started
             outcome.passes += 1
@@ -454,6 +460,7 @@ def follow_topic(
                 kafka_timeout=settings.kafka_timeout_seconds,
                 lock_timeout=lock_timeout,
                 more_connections=more,
+                no_progress_seconds=settings.kafka_no_progress_seconds,
             )
 
 
@@ -482,6 +489,7 @@ def _backup_topic_once(
             kafka_timeout=settings.kafka_timeout_seconds,
             lock_timeout=lock_timeout,
             more_connections=more,
+            no_progress_seconds=settings.kafka_no_progress_seconds,
         )
 
 

@@ -58,6 +58,13 @@ class Settings(BaseModel):
     kafka_timeout_seconds: float = Field(
         default=10.0, gt=0, le=50, validation_alias="KAFKA_TIMEOUT_SECONDS"
     )
+    # A pass gives up when its partitions deliver nothing for this long. A managed Kafka's
+    # rolling restart moves partition leaders for minutes; giving up then would only make
+    # the next pass start over, so the default outlasts one (measured restarts: 10-40 s per
+    # broker here, several brokers in a row in production).
+    kafka_no_progress_seconds: float = Field(
+        default=300.0, ge=5, le=3600, validation_alias="KAFKA_NO_PROGRESS_SECONDS"
+    )
 
     # Empty means: let libpq read PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE...
     database_url: SecretStr = Field(default=SecretStr(""), validation_alias="DATABASE_URL")

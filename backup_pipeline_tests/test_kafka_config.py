@@ -113,6 +113,9 @@ def test_dagster_gets_the_librdkafka_detail_in_the_run_log(
     monkeypatch.setenv("KAFKA_BROKERS", f"127.0.0.1:{closed_port()}")
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("KAFKA_TIMEOUT_SECONDS", "3")
+    # A CLI test earlier in the same process (CliRunner) set the CLI's levels, which keep
+    # this logger at WARNING; a Dagster run process never runs the CLI's logging setup.
+    monkeypatch.setattr(logging.getLogger("backup_pipeline.librdkafka"), "level", logging.NOTSET)
     instance = dg.DagsterInstance.ephemeral(
         settings={
             "python_logs": {

@@ -95,8 +95,8 @@ def restore_topic(context: dg.OpExecutionContext, config: RestoreConfig) -> dg.O
             keep_source_retention=config.keep_source_retention,
             allow_retention_loss=config.allow_retention_loss,
         )
+        # restore() logs its summary through the engine's logger, which is in the run's log.
         report = restore(settings, request, progress=progress)
-    context.log.info(report.summary())
     return dg.Output(report.restored, metadata=_metadata(report))
 
 
