@@ -6,6 +6,7 @@ imports this module, and only the ones that migrate should pay for them.
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import closing
 from pathlib import Path
@@ -82,6 +83,9 @@ def migrate(settings: Settings) -> tuple[str | None, str]:
 
     from alembic import command
 
+    # Alembic announces each of its plugins at INFO ("setup plugin ..."): six lines of
+    # noise in every first run's log, nothing an operator acts on.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     before = current_revision(settings)
     config = _alembic_config()
     engine = _engine(settings)
