@@ -90,16 +90,32 @@ def check_the_ui_in_a_browser(server: DagsterServer, screenshot_dir: Path) -> No
         page.get_by_text("serving_version").first.wait_for(timeout=30_000)
         page.screenshot(path=str(screenshot_dir / "ui-asset-checks.png"))
 
-        page.goto(f"{server.url}/assets/bekreftelser?view=events")
+        # The newest event may be a materialization; open the newest sensor observation.
+        page.goto(
+            f"{server.url}/assets/bekreftelser?view=events"
+            f"&time={latest_observation_time(server, 'bekreftelser')}"
+        )
         dismiss_dialogs(page)
         for text in ("lag", "serving_version", "versions"):
             page.get_by_text(text, exact=True).first.wait_for(timeout=60_000)
         page.screenshot(path=str(screenshot_dir / "ui-asset-events.png"))
 
 
+def latest_observation_time(server: DagsterServer, table: str) -> str:
+    data = server.graphql(
+        """query ($path: [String!]!) { assetOrError(assetKey: {path: $path}) {
+          ... on Asset { assetObservations(limit: 1) { timestamp } } } }""",
+        {"path": [table]},
+    )
+    return str(data["assetOrError"]["assetObservations"][0]["timestamp"])
+
+
 def screenshot_reingestion(server: DagsterServer, screenshot_dir: Path) -> None:
     with browser_page() as page:
-        page.goto(f"{server.url}/assets/bekreftelser?view=events")
+        page.goto(
+            f"{server.url}/assets/bekreftelser?view=events"
+            f"&time={latest_observation_time(server, 'bekreftelser')}"
+        )
         dismiss_dialogs(page)
         page.get_by_text("reingest_progress", exact=True).first.wait_for(timeout=60_000)
         page.screenshot(path=str(screenshot_dir / "ui-reingestion.png"))
