@@ -8,7 +8,7 @@ import struct
 import psycopg
 from confluent_kafka import Producer
 
-from backup_pipeline.demo_data import DemoRecord, good_record
+from backup_pipeline.demo.data import DemoRecord, good_record
 from backup_pipeline.topics import TopicSpec
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from backup_pipeline.demo_data import awkward_record, good_record
+from backup_pipeline.demo.data import awkward_record, good_record
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline_tests.helpers import end_offsets, hwms, produce
 from backup_pipeline_tests.waits import bounded, scaled

@@ -32,12 +32,13 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from backup_pipeline import backup, db
-from backup_pipeline.demo_data import awkward_record, good_record
+from backup_pipeline import db
+from backup_pipeline.backup import pass_
+from backup_pipeline.backup.report import PassReport
+from backup_pipeline.demo.data import awkward_record, good_record
 from backup_pipeline.errors import BackupError, KafkaUnavailableError
 from backup_pipeline.kafka_config import consumer_config
 from backup_pipeline.migrate import migrate
-from backup_pipeline.report import PassReport
 from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TOPICS, TopicSpec, spec_for_table
 from backup_pipeline.topics_admin import create_topics
@@ -316,7 +317,7 @@ def engine_pass(
     consumer = Consumer(consumer_config(settings, **consumer_overrides))
     try:
         with closing(db.connect(settings, autocommit=True)) as conn:
-            return backup.run_pass(
+            return pass_.run_pass(
                 conn,
                 consumer,
                 spec,
@@ -455,7 +456,7 @@ def test_kafka_down_longer_than_the_idle_bound_fails_the_pass_then_the_next_comp
     assert 1000 <= done < RECORDS
 
     target.services.up()
-    report = backup.backup_topic(target.settings(), BEKREFTELSER)
+    report = pass_.backup_topic(target.settings(), BEKREFTELSER)
     assert report.lag == 0 and report.records == RECORDS - done
     assert_exactly_once(target, BEKREFTELSER, RECORDS)
 
@@ -473,7 +474,7 @@ def test_a_table_lock_held_by_someone_else_fails_the_pass_after_the_lock_timeout
     topic = target.topics[BEKREFTELSER.table]
     produce(target.services.brokers, topic, BEKREFTELSER, RECORDS)
     settings = target.settings(BACKUP_BATCH_SIZE="20")
-    future = in_thread(lambda: backup.backup_topic(settings, BEKREFTELSER))
+    future = in_thread(lambda: pass_.backup_topic(settings, BEKREFTELSER))
     wait_until(lambda: progress(target, topic) >= 1000, 60, "the pass to commit batches")
     locker = target.connect()
     try:
@@ -495,7 +496,7 @@ def test_a_table_lock_held_by_someone_else_fails_the_pass_after_the_lock_timeout
         done = sum(m + 1 for m in assert_consistent(conn, BEKREFTELSER, topic).values())
     assert 1000 <= done < RECORDS
 
-    report = backup.backup_topic(target.settings(), BEKREFTELSER)
+    report = pass_.backup_topic(target.settings(), BEKREFTELSER)
     assert report.lag == 0 and report.records == RECORDS - done
     assert_exactly_once(target, BEKREFTELSER, RECORDS)
 
@@ -508,7 +509,7 @@ def test_a_statement_timeout_rolls_back_the_whole_batch_and_the_next_pass_comple
     produce(target.services.brokers, topic, HENDELSER, RECORDS)
     timeout_url = target.database_url + "?options=-c%20statement_timeout%3D1500"
     settings = target.settings(DATABASE_URL=timeout_url, BACKUP_BATCH_SIZE="20")
-    future = in_thread(lambda: backup.backup_topic(settings, HENDELSER))
+    future = in_thread(lambda: pass_.backup_topic(settings, HENDELSER))
     wait_until(lambda: progress(target, topic) >= 1000, 60, "the pass to commit batches")
     locker = target.connect()
     try:
@@ -525,7 +526,7 @@ def test_a_statement_timeout_rolls_back_the_whole_batch_and_the_next_pass_comple
 
     assert "statement timeout" in str(failed.value)
     assert 1000 <= done < RECORDS
-    report = backup.backup_topic(target.settings(), HENDELSER)
+    report = pass_.backup_topic(target.settings(), HENDELSER)
     assert report.lag == 0 and report.records == RECORDS - done
     assert_exactly_once(target, HENDELSER, RECORDS)
 
@@ -540,10 +541,10 @@ def test_the_pass_bounds_lock_waits_by_default_and_keeps_a_lock_timeout_from_the
         ("from_url", target.database_url + "?options=-c%20lock_timeout%3D1500"),
     ):
         settings = target.settings(DATABASE_URL=url)
-        consumer = backup.open_consumer(settings)
+        consumer = pass_.open_consumer(settings)
         try:
             with closing(db.connect(settings, autocommit=True)) as conn:
-                backup.run_pass(conn, consumer, BEKREFTELSER, target.topics["bekreftelser"], 1)
+                pass_.run_pass(conn, consumer, BEKREFTELSER, target.topics["bekreftelser"], 1)
                 seen[label] = conn.execute("SHOW lock_timeout").fetchone()[0]
         finally:
             consumer.close()

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import psycopg
 from confluent_kafka import Producer
 
-from backup_pipeline import backup
-from backup_pipeline.report import PassReport
+from backup_pipeline.backup import pass_
+from backup_pipeline.backup.report import PassReport
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline_tests.helpers import good_records, hwms, produce, stored_offsets
@@ -32,13 +32,13 @@ class Follower(threading.Thread):
         self.settings = settings
         self.seconds = seconds
         self.stop = stop
-        self.outcome = backup.FollowOutcome()
+        self.outcome = pass_.FollowOutcome()
         self.reports: list[PassReport] = []
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            for report in backup.follow_topic(
+            for report in pass_.follow_topic(
                 self.settings,
                 SPEC,
                 self.outcome,
@@ -89,7 +89,7 @@ def test_a_waiting_writer_takes_the_topic_over_from_a_follow_run(
     started = time.monotonic()
     # A CLI pass (or the Materialize button's run) waits for the lock: the follower, which
     # holds it, sees the request between passes and ends.
-    report = backup.backup_topic(settings, SPEC, lock_wait_seconds=60)
+    report = pass_.backup_topic(settings, SPEC, lock_wait_seconds=60)
     assert report.skipped is None
     follower.join(60)
     assert not follower.is_alive() and follower.error is None
@@ -102,7 +102,7 @@ def test_a_follow_run_ends_when_its_time_is_up(
     settings: Settings, producer: Producer, topic_names: dict[str, str], db: psycopg.Connection
 ) -> None:
     produce(producer, topic_names[SPEC.table], good_records(SPEC, 3))
-    outcome = backup.FollowOutcome()
-    reports = list(backup.follow_topic(settings, SPEC, outcome, version=1, seconds=2))
+    outcome = pass_.FollowOutcome()
+    reports = list(pass_.follow_topic(settings, SPEC, outcome, version=1, seconds=2))
     assert outcome.ended_because == "its time is up"
     assert sum(r.rows for r in reports) == 3 and count(db) == 3

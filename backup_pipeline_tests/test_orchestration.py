@@ -10,7 +10,7 @@ import pytest
 from dagster._core.test_utils import create_run_for_test
 
 from backup_pipeline.definitions import defs
-from backup_pipeline.demo_data import DemoRecord
+from backup_pipeline.demo.data import DemoRecord
 from backup_pipeline.orchestration import assets as asset_defs
 from backup_pipeline.orchestration import checks
 from backup_pipeline.orchestration.jobs import TABLE_TAG, VERSION_TAG

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backup_pipeline import records
-from backup_pipeline.records import map_messages
+from backup_pipeline.backup import records
+from backup_pipeline.backup.records import map_messages
 from backup_pipeline.topics import ValueFormat
 from backup_pipeline_tests.fakes import FakeMessage
 
@@ -180,7 +180,7 @@ def test_a_record_without_timestamp_has_null_timestamp():
 def test_demo_events_are_storable_json():
     import random
 
-    from backup_pipeline.demo_data import event_value
+    from backup_pipeline.demo.data import event_value
 
     rng = random.Random(1)
     for _ in range(200):

@@ -15,10 +15,12 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from backup_pipeline.backup import backup_topic
-from backup_pipeline.cli_restore import restore_command, verify_command
-from backup_pipeline.demo_data import event_value
-from backup_pipeline.restore import (
+from backup_pipeline.backed_up import Selection
+from backup_pipeline.backup.pass_ import backup_topic
+from backup_pipeline.cli.restore import restore_command, verify_command
+from backup_pipeline.demo.data import event_value
+from backup_pipeline.restore.bookkeeping import offset_map
+from backup_pipeline.restore.run import (
     ORIGIN_HEADERS,
     RestoreError,
     RestoreRequest,
@@ -26,11 +28,9 @@ from backup_pipeline.restore import (
     resume,
     split_origin,
 )
-from backup_pipeline.restore_source import Selection
-from backup_pipeline.restore_store import offset_map
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline.topics_admin import create_topics
-from backup_pipeline.verify import verify
+from backup_pipeline.verify.compare import verify
 from backup_pipeline_tests.helpers import good_records, key
 
 BEKREFTELSER = spec_for_table("bekreftelser")
@@ -379,7 +379,7 @@ def test_a_restore_killed_between_delivery_and_checkpoint_resumes_without_duplic
     source_topic = settings.topic(BEKREFTELSER)
     target = f"{source_topic}.killed"
     script = (
-        "from backup_pipeline.restore import restore, RestoreRequest\n"
+        "from backup_pipeline.restore.run import restore, RestoreRequest\n"
         "from backup_pipeline.settings import load_settings\n"
         f"restore(load_settings(), RestoreRequest('bekreftelser', target_topic={target!r}),"
         " max_records=25)\n"

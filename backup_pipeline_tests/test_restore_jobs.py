@@ -7,11 +7,11 @@ import time
 import dagster as dg
 import pytest
 
-from backup_pipeline.backup import backup_topic
+from backup_pipeline.backup.pass_ import backup_topic
 from backup_pipeline.definitions import defs
 from backup_pipeline.orchestration.assets import topic_asset_key
 from backup_pipeline.orchestration.restore_jobs import restore_job
-from backup_pipeline.restore import RestoreRequest, restore
+from backup_pipeline.restore.run import RestoreRequest, restore
 from backup_pipeline.topics import TOPICS, spec_for_table
 from backup_pipeline_tests.helpers import good_records, produce
 

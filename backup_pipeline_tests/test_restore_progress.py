@@ -14,12 +14,12 @@ from typing import Any
 
 import dagster as dg
 
-from backup_pipeline.backup import backup_topic
+from backup_pipeline.backup.pass_ import backup_topic
 from backup_pipeline.orchestration.restore_jobs import restore_job
-from backup_pipeline.restore import RestoreRequest, restore
-from backup_pipeline.restore_progress import PROGRESS_EVERY, LogProgress
+from backup_pipeline.progress import PROGRESS_EVERY, LogProgress
+from backup_pipeline.restore.run import RestoreRequest, restore
 from backup_pipeline.topics import TOPICS, spec_for_table
-from backup_pipeline.verify import verify
+from backup_pipeline.verify.compare import verify
 from backup_pipeline_tests.helpers import good_records, produce
 
 BEKREFTELSER = spec_for_table("bekreftelser")

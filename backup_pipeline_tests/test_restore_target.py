@@ -22,11 +22,11 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from backup_pipeline.backup import backup_topic
-from backup_pipeline.cli_restore import restore_command
-from backup_pipeline.restore import RestoreError, RestoreRequest, restore, resume
-from backup_pipeline.restore_source import Extent
-from backup_pipeline.restore_target import (
+from backup_pipeline.backed_up import Extent
+from backup_pipeline.backup.pass_ import backup_topic
+from backup_pipeline.cli.restore import restore_command
+from backup_pipeline.restore.run import RestoreError, RestoreRequest, restore, resume
+from backup_pipeline.restore.target_topic import (
     KEEP_EVERY_RECORD,
     new_target_config,
     retention_problem,

@@ -38,8 +38,8 @@ from dagster._serdes import serialize_value
 from psycopg import sql
 
 from backup_pipeline import db as db_module
-from backup_pipeline.backup import backup_topic
-from backup_pipeline.demo_data import DemoRecord
+from backup_pipeline.backup.pass_ import backup_topic
+from backup_pipeline.demo.data import DemoRecord
 from backup_pipeline.errors import BackupError, ConfigError, KafkaUnavailableError
 from backup_pipeline.kafka_config import CONSUMER_GROUP_ID, consumer_config
 from backup_pipeline.migrate import migrate

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import KafkaError
 
+from backup_pipeline.backup.source import Batch, ReadPlan, read
 from backup_pipeline.errors import KafkaUnavailableError
-from backup_pipeline.source import Batch, ReadPlan, read
 from backup_pipeline_tests.fake_consumer import FakeConsumer, Log
 
 TOPIC = "t"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from confluent_kafka import Producer, TopicPartition
 
-from backup_pipeline.backup import backup_topic
-from backup_pipeline.restore import RestoreRequest, restore
-from backup_pipeline.restore_source import Selection
+from backup_pipeline.backed_up import Selection
+from backup_pipeline.backup.pass_ import backup_topic
+from backup_pipeline.restore.run import RestoreRequest, restore
 from backup_pipeline.topics import spec_for_table
-from backup_pipeline.verify import verify
-from backup_pipeline.verify_digest import digest
+from backup_pipeline.verify.compare import verify
+from backup_pipeline.verify.digest import digest
 from backup_pipeline_tests.helpers import good_records, key
 
 BEKREFTELSER = spec_for_table("bekreftelser")

@@ -11,8 +11,9 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer
 
-from backup_pipeline import source, versions
-from backup_pipeline.backup import backup_topic, open_consumer
+from backup_pipeline import versions
+from backup_pipeline.backup import source
+from backup_pipeline.backup.pass_ import backup_topic, open_consumer
 from backup_pipeline.errors import BackupError, KafkaUnavailableError
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TOPICS, spec_for_table

@@ -11,11 +11,11 @@ from concurrent.futures import Future
 import psycopg
 import pytest
 
-from backup_pipeline import hwm, writer
+from backup_pipeline.backup import hwm, writer
+from backup_pipeline.backup.records import MappedBatch, columns, map_messages
+from backup_pipeline.backup.writer_lanes import WriterLanes
 from backup_pipeline.errors import BackupError
-from backup_pipeline.records import MappedBatch, columns, map_messages
 from backup_pipeline.topics import spec_for_table
-from backup_pipeline.writer_lanes import WriterLanes
 from backup_pipeline_tests.fakes import FakeMessage
 from backup_pipeline_tests.helpers import hwms, key, stored_offsets
 from backup_pipeline_tests.waits import scaled, wait_until

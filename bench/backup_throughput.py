@@ -3,7 +3,7 @@
 For each table: produce N realistic records to a fresh 3-partition topic, then in the same
 run and on the same machine time
 
-- the backup pass (``backup_pipeline.backup.backup_topic``) into a fresh migrated database,
+- the backup pass (``backup_pipeline.backup.pass_.backup_topic``) into a fresh migrated database,
   in a child process so its peak RSS is its own;
 - a raw binary COPY of the very same rows (read back from the topic and mapped with
   ``records.map_messages`` before the clock starts) into an identical empty table, one
@@ -48,15 +48,15 @@ from psycopg import sql  # noqa: E402
 from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 from psycopg.types.json import Jsonb, set_json_dumps  # noqa: E402
 
-from backup_pipeline.demo_data import good_record  # noqa: E402
-from backup_pipeline.records import (  # noqa: E402
+from backup_pipeline.backup.records import (  # noqa: E402
     JsonbWire,
     KafkaMessage,
     columns,
     map_messages,
 )
+from backup_pipeline.backup.writer import copy_rows  # noqa: E402
+from backup_pipeline.demo.data import good_record  # noqa: E402
 from backup_pipeline.topics import TOPICS, TopicSpec, spec_for_table  # noqa: E402
-from backup_pipeline.writer import copy_rows  # noqa: E402
 
 TARGET_COPY_RATIO = 0.75  # backup records/s >= 0.75 x raw COPY records/s
 TARGET_PER_RECORD_RATIO = 20.0  # backup records/s >= 20 x per-record transactions
@@ -381,7 +381,7 @@ def _vm_kb(field_name: str) -> int:
 def child_main(job_path: str) -> None:
     """Entry of the child process: one backup pass, figures written as JSON."""
     job = json.loads(Path(job_path).read_text())
-    from backup_pipeline.backup import backup_topic
+    from backup_pipeline.backup.pass_ import backup_topic
     from backup_pipeline.settings import load_settings
 
     settings = load_settings(job["env"])

@@ -79,7 +79,7 @@ def produce(
     """`rate` records/s to each table's topic until `stop`; acks inside `window` are kept."""
     from confluent_kafka import KafkaError, Message, Producer
 
-    from backup_pipeline.demo_data import good_record
+    from backup_pipeline.demo.data import good_record
     from backup_pipeline.kafka_config import producer_config
     from backup_pipeline.settings import load_settings
     from backup_pipeline.topics import spec_for_table

@@ -38,7 +38,7 @@ from confluent_kafka.admin import AdminClient
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from backup_pipeline.demo_data import awkward_record, good_record  # noqa: E402
+from backup_pipeline.demo.data import awkward_record, good_record  # noqa: E402
 from backup_pipeline.topics import TOPICS, TopicSpec  # noqa: E402
 from backup_pipeline.topics_admin import create_topics  # noqa: E402
 from backup_pipeline_tests.dagster_server import DagsterServer  # noqa: E402

@@ -10,7 +10,9 @@ from typing import Any
 import dagster as dg
 import psycopg
 
-from backup_pipeline import backup, logs, versions
+from backup_pipeline import logs, versions
+from backup_pipeline.backup import pass_
+from backup_pipeline.backup.report import PassReport
 from backup_pipeline.errors import BackupError
 from backup_pipeline.orchestration import checks
 from backup_pipeline.orchestration.jobs import TABLE_TAG, VERSION_TAG
@@ -20,7 +22,6 @@ from backup_pipeline.orchestration.resources import (
     newest_record_time,
     rows_stored,
 )
-from backup_pipeline.report import PassReport
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TOPICS, TopicSpec, ValueFormat
 
@@ -180,7 +181,7 @@ def table_asset(spec: TopicSpec) -> dg.AssetsDefinition:
             return
         _tag_run(context, spec, version)
         reingest = serving is not None and version != serving
-        outcome = backup.FollowOutcome()
+        outcome = pass_.FollowOutcome()
         with logs.bind(run_id=context.run.run_id, table=spec.table), engine.connection() as conn:
             window = _Window(rows_before=rows_stored(conn, spec.table, version))
             following = config.follow_seconds > 0

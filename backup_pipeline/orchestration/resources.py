@@ -9,10 +9,11 @@ import dagster as dg
 import psycopg
 from psycopg import sql
 
-from backup_pipeline import accounting, acknowledge, backup, db, migrate, versions
-from backup_pipeline.accounting import Discrepancy
+from backup_pipeline import acknowledge, db, migrate, versions
 from backup_pipeline.acknowledge import Unacknowledged
-from backup_pipeline.report import PassReport
+from backup_pipeline.backup import accounting, pass_
+from backup_pipeline.backup.accounting import Discrepancy
+from backup_pipeline.backup.report import PassReport
 from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.status import PartitionStatus, snapshot, topic_status
 from backup_pipeline.topics import TopicSpec
@@ -65,7 +66,7 @@ class BackupEngine(dg.ConfigurableResource):
             return version, versions.serving_version(conn, spec.table)
 
     def run_backup(self, spec: TopicSpec, version: int, max_records: int | None) -> PassReport:
-        return backup.backup_topic(
+        return pass_.backup_topic(
             self.settings(),
             spec,
             version=version,
@@ -78,10 +79,10 @@ class BackupEngine(dg.ConfigurableResource):
         spec: TopicSpec,
         version: int,
         seconds: float,
-        outcome: backup.FollowOutcome,
+        outcome: pass_.FollowOutcome,
         should_stop: Callable[[], bool],
     ) -> Iterator[PassReport]:
-        return backup.follow_topic(
+        return pass_.follow_topic(
             self.settings(),
             spec,
             outcome,
@@ -103,7 +104,7 @@ class BackupEngine(dg.ConfigurableResource):
 
     def _topic_view(self, spec: TopicSpec, timeout: float) -> TopicView:
         settings = self.settings()
-        consumer = backup.open_consumer(settings)
+        consumer = pass_.open_consumer(settings)
         try:
             with closing(db.connect(settings, autocommit=True)) as conn:
                 topic = settings.topic(spec)

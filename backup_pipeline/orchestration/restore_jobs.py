@@ -4,13 +4,13 @@ from datetime import datetime
 
 import dagster as dg
 
+from backup_pipeline.backed_up import Selection
 from backup_pipeline.orchestration.assets import topic_asset_key
-from backup_pipeline.restore import RestoreReport, RestoreRequest, restore, resume
-from backup_pipeline.restore_progress import LogProgress
-from backup_pipeline.restore_source import Selection
+from backup_pipeline.progress import LogProgress
+from backup_pipeline.restore.run import RestoreReport, RestoreRequest, restore, resume
 from backup_pipeline.settings import env_setting, load_settings
 from backup_pipeline.topics import TOPICS, TopicSpec
-from backup_pipeline.verify import verify
+from backup_pipeline.verify.compare import verify
 
 
 def verify_sample() -> int:

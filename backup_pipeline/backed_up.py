@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from backup_pipeline.records import TRACEPARENT_HEADER, decode_headers
+from backup_pipeline.backup.records import TRACEPARENT_HEADER, decode_headers
 from backup_pipeline.topics import TopicSpec, ValueFormat
 
 Headers = list[tuple[str, bytes | None]]

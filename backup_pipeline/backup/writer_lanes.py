@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 
 import psycopg
 
-from backup_pipeline.records import MappedBatch
+from backup_pipeline.backup.records import MappedBatch
 
 Tag = TypeVar("Tag")
 # A batch's write: given its connection and the write of the batch before it (or None).

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from confluent_kafka import Consumer, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, ResourceType
 
-from backup_pipeline import source
+from backup_pipeline.backed_up import Extent
+from backup_pipeline.backup import source
 from backup_pipeline.errors import BackupError, KafkaUnavailableError
 from backup_pipeline.kafka_config import serve_admin_log
-from backup_pipeline.restore_source import Extent
 from backup_pipeline.topics_admin import create_topics
 
 # Restored records keep their original timestamps, so time retention judges them by when

@@ -14,11 +14,13 @@ from typing import cast
 import psycopg
 from confluent_kafka import Consumer
 
-from backup_pipeline import db, hwm, source, versions, writer
+from backup_pipeline import db, versions
+from backup_pipeline.backup import hwm, source, writer
+from backup_pipeline.backup.records import KafkaMessage, MappedBatch, columns, map_messages
+from backup_pipeline.backup.report import PartitionReport, PassReport
+from backup_pipeline.backup.writer_lanes import WriterLanes
 from backup_pipeline.errors import BackupError, ConfigError
 from backup_pipeline.kafka_config import consumer_config
-from backup_pipeline.records import KafkaMessage, MappedBatch, columns, map_messages
-from backup_pipeline.report import PartitionReport, PassReport
 from backup_pipeline.retry import (
     DEFAULT_LOCK_TIMEOUT_SECONDS,
     DatabaseUnavailableError,
@@ -28,7 +30,6 @@ from backup_pipeline.retry import (
 )
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TopicSpec
-from backup_pipeline.writer_lanes import WriterLanes
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from backup_pipeline.report import PassReport
+from backup_pipeline.backup.report import PassReport
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""``backup-pipeline restore`` and ``backup-pipeline verify`` (registered in cli.py)."""
+"""``backup-pipeline restore`` and ``backup-pipeline verify`` (registered in cli/__init__.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from datetime import UTC, datetime
 
 import click
 
-from backup_pipeline.cli_common import echo_versions, friendly_errors, maybe_migrate
-from backup_pipeline.restore import RestoreReport, RestoreRequest, restore, resume
-from backup_pipeline.restore_progress import TerminalProgress
-from backup_pipeline.restore_source import Selection
+from backup_pipeline.backed_up import Selection
+from backup_pipeline.cli.common import echo_versions, friendly_errors, maybe_migrate
+from backup_pipeline.progress import TerminalProgress
+from backup_pipeline.restore.run import RestoreReport, RestoreRequest, restore, resume
 from backup_pipeline.settings import load_settings
 from backup_pipeline.topics import TABLES
-from backup_pipeline.verify import verify
+from backup_pipeline.verify.compare import verify
 
 
 def _parse_offsets(values: tuple[str, ...]) -> dict[int, tuple[int | None, int | None]]:

@@ -16,9 +16,9 @@ from psycopg.copy import FileWriter
 from psycopg.types.json import Jsonb, set_json_dumps
 from psycopg.types.string import BytesBinaryDumper
 
-from backup_pipeline import failpoints, hwm
-from backup_pipeline.errors import BackupError, ConcurrentWriterError
-from backup_pipeline.records import (
+from backup_pipeline import failpoints
+from backup_pipeline.backup import hwm
+from backup_pipeline.backup.records import (
     QUARANTINE_COLUMNS,
     JsonbWire,
     KafkaMessage,
@@ -27,6 +27,7 @@ from backup_pipeline.records import (
     map_messages,
     quarantine_row,
 )
+from backup_pipeline.errors import BackupError, ConcurrentWriterError
 from backup_pipeline.topics import TopicSpec
 
 log = logging.getLogger(__name__)

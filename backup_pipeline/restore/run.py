@@ -28,12 +28,14 @@ import psycopg
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
 
-from backup_pipeline import db, restore_source, restore_store, restore_target, source, versions
+from backup_pipeline import backed_up, db, versions
+from backup_pipeline.backed_up import BackedUpRecord, Headers, Selection, message_headers
+from backup_pipeline.backup import source
 from backup_pipeline.kafka_config import admin_config, consumer_config, producer_config
-from backup_pipeline.restore_progress import ProgressCallback, tick
-from backup_pipeline.restore_source import BackedUpRecord, Headers, Selection, message_headers
-from backup_pipeline.restore_store import Checkpoint, RunRow
-from backup_pipeline.restore_target import RestoreError
+from backup_pipeline.progress import ProgressCallback, tick
+from backup_pipeline.restore import bookkeeping, target_topic
+from backup_pipeline.restore.bookkeeping import Checkpoint, RunRow
+from backup_pipeline.restore.target_topic import RestoreError
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TOPICS, TopicSpec, ValueFormat, spec_for_table
 
@@ -151,11 +153,11 @@ def restore(
     """Start a new restore run; ``max_records`` stops it early (resume it later)."""
     spec = resolve_spec(settings, request.table, request.source_topic)
     source_topic = request.source_topic or settings.topic(spec)
-    target = request.target_topic or restore_target.default_target(source_topic)
+    target = request.target_topic or target_topic.default_target(source_topic)
     if spec.value_format is not ValueFormat.JSON_EVENT and request.selection.arbeidssoeker_ids:
         raise RestoreError(f"{spec.table} has no arbeidssoeker_id; filter by record key instead")
     # Before anything is created: a deleted source topic must not be re-created by accident.
-    restore_target.refuse_source(source_topic, target, force=request.force)
+    target_topic.refuse_source(source_topic, target, force=request.force)
     timeout = settings.kafka_timeout_seconds
     with ExitStack() as stack:
         conn = stack.enter_context(closing(db.connect(settings, autocommit=True)))
@@ -164,16 +166,16 @@ def restore(
         consumer = Consumer(consumer_config(settings))
         stack.callback(consumer.close)
         admin = AdminClient(admin_config(settings))
-        needed = restore_target.partition_count(admin, source_topic, timeout)
+        needed = target_topic.partition_count(admin, source_topic, timeout)
         source_configs = (
-            None if needed is None else restore_target.topic_configs(admin, source_topic, timeout)
+            None if needed is None else target_topic.topic_configs(admin, source_topic, timeout)
         )
         if needed is None:
-            needed = restore_source.known_partitions(conn, spec, source_topic, version)
+            needed = backed_up.known_partitions(conn, spec, source_topic, version)
         if needed == 0:
             raise RestoreError(f"nothing of {source_topic} version {version} is backed up")
         extents = {
-            p: restore_source.extent(conn, spec, source_topic, version, p, request.selection)
+            p: backed_up.extent(conn, spec, source_topic, version, p, request.selection)
             for p in range(needed)
             if request.selection.wants(p)
         }
@@ -185,10 +187,10 @@ def restore(
         new_config, described = _target_config(
             admin, request, target, source_configs, extents, timeout
         )
-        created = restore_target.ensure_topic(admin, target, needed, timeout, new_config)
-        marks = restore_target.end_offsets(consumer, target, timeout)
-        restore_target.check_writable(source_topic, target, marks, needed, force=request.force)
-        run_id = restore_store.create_run(
+        created = target_topic.ensure_topic(admin, target, needed, timeout, new_config)
+        marks = target_topic.end_offsets(consumer, target, timeout)
+        target_topic.check_writable(source_topic, target, marks, needed, force=request.force)
+        run_id = bookkeeping.create_run(
             conn,
             version=version,
             source_table=spec.table,
@@ -198,7 +200,7 @@ def restore(
             origin_headers=request.origin_headers,
             target_ends={p: m.end for p, m in marks.items()},
         )
-        run = restore_store.load_run(conn, run_id)
+        run = bookkeeping.load_run(conn, run_id)
         assert run is not None
         log.info("restore run %d: %s v%d -> %s", run_id, source_topic, version, target)
         report = _run(settings, conn, consumer, run, progress, max_records, checkpoint_every)
@@ -212,19 +214,19 @@ def _target_config(
     request: RestoreRequest,
     target: str,
     source_configs: dict[str, tuple[str, bool]] | None,
-    extents: dict[int, restore_source.Extent],
+    extents: dict[int, backed_up.Extent],
     timeout: float,
 ) -> tuple[dict[str, str] | None, str]:
     """The configuration to create a new target with (None: it exists) and a description
     for the report, after refusing a target whose retention would drop restored records."""
     allow = request.allow_retention_loss
-    if restore_target.partition_count(admin, target, timeout) is None:
-        plan = restore_target.new_target_config(
+    if target_topic.partition_count(admin, target, timeout) is None:
+        plan = target_topic.new_target_config(
             source_configs, keep_source_retention=request.keep_source_retention
         )
         # The new topic's effective values: the cluster's (seen on the source) + its own.
         effective = {k: v for k, (v, _) in (source_configs or {}).items()} | plan.configs
-        problem = restore_target.check_retention(target, effective, extents, allow=allow)
+        problem = target_topic.check_retention(target, effective, extents, allow=allow)
         described = f"created with {plan.describe()}"
         if problem:
             log.warning("restore into %s: %s; written anyway as asked", target, problem)
@@ -236,14 +238,14 @@ def _target_config(
 def _existing_target_config(
     admin: AdminClient,
     target: str,
-    extents: dict[int, restore_source.Extent],
+    extents: dict[int, backed_up.Extent],
     allow: bool,
     timeout: float,
 ) -> str:
     """Refuse an existing target that would drop restored records; describe its config."""
-    effective = {k: v for k, (v, _) in restore_target.topic_configs(admin, target, timeout).items()}
-    problem = restore_target.check_retention(target, effective, extents, allow=allow)
-    shown = ", ".join(f"{k}={effective.get(k, '?')}" for k in restore_target.KEEP_EVERY_RECORD)
+    effective = {k: v for k, (v, _) in target_topic.topic_configs(admin, target, timeout).items()}
+    problem = target_topic.check_retention(target, effective, extents, allow=allow)
+    shown = ", ".join(f"{k}={effective.get(k, '?')}" for k in target_topic.KEEP_EVERY_RECORD)
     described = f"existing topic, left as it is: {shown}"
     if problem:
         log.warning("restore into %s: %s; written anyway as asked", target, problem)
@@ -267,18 +269,18 @@ def resume(
     """
     with ExitStack() as stack:
         conn = stack.enter_context(closing(db.connect(settings, autocommit=True)))
-        run = restore_store.load_run(conn, run_id)
+        run = bookkeeping.load_run(conn, run_id)
         if run is None:
             raise RestoreError(f"there is no restore run {run_id}")
         described = ""
         admin = AdminClient(admin_config(settings))
         timeout = settings.kafka_timeout_seconds
-        if run.status != "completed" and restore_target.partition_count(
+        if run.status != "completed" and target_topic.partition_count(
             admin, run.target_topic, timeout
         ):
             spec = spec_for_table(run.source_table)
             extents = {
-                p: restore_source.extent(
+                p: backed_up.extent(
                     conn,
                     spec,
                     run.source_topic,
@@ -287,7 +289,7 @@ def resume(
                     run.selection,
                     after=cp.last_source_offset,
                 )
-                for p, cp in restore_store.checkpoints(conn, run_id).items()
+                for p, cp in bookkeeping.checkpoints(conn, run_id).items()
                 if run.selection.wants(p)
             }
             described = _existing_target_config(
@@ -320,20 +322,20 @@ def _run(
     )
     if run.status == "completed":
         return report
-    if not restore_store.try_lock(conn, run.run_id):
+    if not bookkeeping.try_lock(conn, run.run_id):
         raise RestoreError(f"restore run {run.run_id} is running in another process")
     producer = Producer(producer_config(settings))
     try:
         _restore_partitions(
             settings, conn, consumer, producer, run, report, progress, max_records, checkpoint_every
         )
-        restore_store.finish(conn, run.run_id, report.status)
+        bookkeeping.finish(conn, run.run_id, report.status)
     except RestoreError as exc:
-        restore_store.finish(conn, run.run_id, "failed", str(exc))
+        bookkeeping.finish(conn, run.run_id, "failed", str(exc))
         raise
     finally:
         producer.flush(settings.kafka_timeout_seconds)
-        restore_store.unlock(conn, run.run_id)
+        bookkeeping.unlock(conn, run.run_id)
         report.duration_seconds = time.monotonic() - started
     log.info(report.summary())
     return report
@@ -367,18 +369,18 @@ def _restore_partitions(
     checkpoint_every: int,
 ) -> None:
     spec = spec_for_table(run.source_table)
-    marks = restore_target.end_offsets(consumer, run.target_topic, settings.kafka_timeout_seconds)
-    saved = restore_store.checkpoints(conn, run.run_id)
+    marks = target_topic.end_offsets(consumer, run.target_topic, settings.kafka_timeout_seconds)
+    saved = bookkeeping.checkpoints(conn, run.run_id)
     plan: dict[int, Checkpoint] = {}
     for partition in sorted(marks):
         if not run.selection.wants(partition):
             continue
         # A partition added to the target after the run began starts where it ends now.
-        plan[partition] = saved.get(partition) or restore_store.add_partition(
+        plan[partition] = saved.get(partition) or bookkeeping.add_partition(
             conn, run.run_id, partition, marks[partition].end
         )
     totals = {
-        p: restore_source.count(
+        p: backed_up.count(
             conn,
             spec,
             run.source_topic,
@@ -393,7 +395,7 @@ def _restore_partitions(
         total=sum(totals.values()), max_records=max_records, checkpoint_every=checkpoint_every
     )
     for partition, checkpoint in plan.items():
-        records = restore_source.read_partition(
+        records = backed_up.read_partition(
             conn,
             spec,
             run.source_topic,
@@ -404,7 +406,7 @@ def _restore_partitions(
         )
         before = checkpoint.restored
         skipped = _reconcile(settings, consumer, run, checkpoint, records, marks[partition])
-        restore_store.save(conn, run.run_id, checkpoint)
+        bookkeeping.save(conn, run.run_id, checkpoint)
         report.skipped += skipped
         budget.delivered += skipped
         budget.partition_total, budget.partition_done = totals[partition], skipped
@@ -520,9 +522,9 @@ def _produce_partition(
         budget.produced += 1
         producer.poll(0)
         if len(checkpoint.pending) >= budget.checkpoint_every:
-            restore_store.save(conn, run.run_id, checkpoint)
+            bookkeeping.save(conn, run.run_id, checkpoint)
     remaining = producer.flush(60)
-    restore_store.save(conn, run.run_id, checkpoint)
+    bookkeeping.save(conn, run.run_id, checkpoint)
     if errors or remaining:
         problem = errors[0] if errors else f"{remaining} records still undelivered after 60s"
         raise RestoreError(

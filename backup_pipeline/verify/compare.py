@@ -30,24 +30,19 @@ from dataclasses import dataclass, field, replace
 import psycopg
 from confluent_kafka import Consumer
 
-from backup_pipeline import (
-    db,
-    hwm,
-    restore_source,
-    restore_store,
-    source,
-    verify_topic,
-    versions,
-)
+from backup_pipeline import backed_up, db, versions
+from backup_pipeline.backed_up import BackedUpRecord, Selection
+from backup_pipeline.backup import hwm, source
 from backup_pipeline.errors import BackupError
 from backup_pipeline.kafka_config import consumer_config
-from backup_pipeline.restore import resolve_spec
-from backup_pipeline.restore_progress import ProgressCallback, tick
-from backup_pipeline.restore_source import BackedUpRecord, Selection
+from backup_pipeline.progress import ProgressCallback, tick
+from backup_pipeline.restore import bookkeeping
+from backup_pipeline.restore.run import resolve_spec
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TopicSpec, ValueFormat
-from backup_pipeline.verify_digest import digest, legacy_digest
-from backup_pipeline.verify_topic import OffsetMapLookup, TopicRecord
+from backup_pipeline.verify import topic
+from backup_pipeline.verify.digest import digest, legacy_digest
+from backup_pipeline.verify.topic import OffsetMapLookup, TopicRecord
 
 
 class VerifyError(BackupError):
@@ -179,7 +174,7 @@ class _Context:
 
     def backup(self, partition: int, after: int, last: int | None) -> Iterator[BackedUpRecord]:
         selection = _bounded(self.selection, partition, last)
-        return restore_source.read_partition(
+        return backed_up.read_partition(
             self.conn,
             self.spec,
             self.source_topic,
@@ -246,7 +241,7 @@ def verify(
         )
         runs = [
             r
-            for r in restore_store.runs_into(conn, target)
+            for r in bookkeeping.runs_into(conn, target)
             if r.source_topic == source_name and r.version == ctx.version
         ]
         # The source topic itself counts as restored once a restore wrote into it (deleted
@@ -290,17 +285,17 @@ def _verify_live(
     if sample and sample < high - low:
         seen: set[int] = set()
         for offset in sorted(rng.sample(range(low, high), sample)):
-            message = verify_topic.read_at(ctx.consumer, ctx.topic, p, offset, high)
+            message = topic.read_at(ctx.consumer, ctx.topic, p, offset, high)
             stored = next(ctx.backup(p, offset - 1, high - 1), None)
-            found = None if message is None else next(verify_topic.mapped(iter([message]), p, None))
+            found = None if message is None else next(topic.mapped(iter([message]), p, None))
             candidates = [r.offset for r in (stored, found) if r is not None]
             if candidates and min(candidates) not in seen:
                 seen.add(min(candidates))
                 _compare_one(ctx, part, stored, found)
         return
-    messages = verify_topic.stream(ctx.consumer, ctx.topic, p, low, high, ctx.batch_bytes)
+    messages = topic.stream(ctx.consumer, ctx.topic, p, low, high, ctx.batch_bytes)
     total = _count(ctx, p, None, low - 1, high - 1)
-    topic_records = verify_topic.mapped(messages, p, None)
+    topic_records = topic.mapped(messages, p, None)
     _merge(ctx, part, topic_records, ctx.backup(p, low - 1, high - 1), total=total)
 
 
@@ -310,11 +305,11 @@ def _only_in_backup(ctx: _Context, part: PartitionVerify) -> None:
     below = Selection(
         offsets={part.partition: (None, part.log_start - 1)}, include_quarantined=True
     )
-    records = restore_source.count(
+    records = backed_up.count(
         ctx.conn, ctx.spec, ctx.source_topic, ctx.version, part.partition, below
     )
     if records:
-        first = restore_source.first_at_or_after(
+        first = backed_up.first_at_or_after(
             ctx.conn, ctx.spec, ctx.source_topic, ctx.version, part.partition, 0
         )
         assert first is not None
@@ -331,12 +326,12 @@ def _bounded(selection: Selection | None, partition: int, last: int | None) -> S
     return replace(selection, partitions=None, offsets={partition: (first, until)})
 
 
-def _common_selection(runs: list[restore_store.RunRow]) -> Selection | None:
+def _common_selection(runs: list[bookkeeping.RunRow]) -> Selection | None:
     selections = {json.dumps(r.selection.to_json(), sort_keys=True) for r in runs}
     return runs[0].selection if len(selections) == 1 else None
 
 
-def _basis(runs: list[restore_store.RunRow], selection: Selection | None) -> str:
+def _basis(runs: list[bookkeeping.RunRow], selection: Selection | None) -> str:
     which = ", ".join(f"{r.run_id} ({r.status})" for r in runs)
     if selection is None:
         return (
@@ -361,10 +356,10 @@ def _verify_restored(ctx: _Context, part: PartitionVerify, sample: int, rng: ran
         _sample_restored(ctx, part, sample, rng)
         return
     lookup = OffsetMapLookup(ctx.conn, ctx.run_ids, p)
-    messages = verify_topic.stream(
+    messages = topic.stream(
         ctx.consumer, ctx.topic, p, part.log_start, part.end_offset, ctx.batch_bytes
     )
-    records = _in_source_order(part, verify_topic.mapped(messages, p, lookup))
+    records = _in_source_order(part, topic.mapped(messages, p, lookup))
     first = next(records, None)
     if first is None:
         return
@@ -381,7 +376,7 @@ def _verify_restore_runs(
     """A topic restore runs wrote into: the target offsets they wrote against the backup
     records they were asked for, up to the last one they recorded."""
     p = part.partition
-    written = restore_store.written_range(ctx.conn, ctx.run_ids, p)
+    written = bookkeeping.written_range(ctx.conn, ctx.run_ids, p)
     selected = ctx.selection is None or ctx.selection.wants(p)
     first_target, next_target, last_source = written or (part.end_offset, part.end_offset, -1)
     low = max(part.log_start, first_target)
@@ -401,9 +396,9 @@ def _verify_restore_runs(
     lookup = OffsetMapLookup(ctx.conn, ctx.run_ids, p)
     found: Iterator[TopicRecord] = iter(())
     if low < high:
-        messages = verify_topic.stream(ctx.consumer, ctx.topic, p, low, high, ctx.batch_bytes)
+        messages = topic.stream(ctx.consumer, ctx.topic, p, low, high, ctx.batch_bytes)
         found = _recorded(
-            part, _in_source_order(part, verify_topic.mapped(messages, p, lookup)), last_source
+            part, _in_source_order(part, topic.mapped(messages, p, lookup)), last_source
         )
     # Every record the runs restored must be there: restored records that retention (or
     # anything else) removed from the target show as extra.
@@ -428,7 +423,7 @@ def _count(
     if ctx.progress is None:
         return 0
     bounded = _bounded(selection, partition, last)
-    return restore_source.count(
+    return backed_up.count(
         ctx.conn, ctx.spec, ctx.source_topic, ctx.version, partition, bounded, after=after
     )
 
@@ -440,7 +435,7 @@ def _excluded(ctx: _Context, part: PartitionVerify, last_source: int | None) -> 
     p = part.partition
 
     def count(selection: Selection) -> int:
-        return restore_source.count(ctx.conn, ctx.spec, ctx.source_topic, ctx.version, p, selection)
+        return backed_up.count(ctx.conn, ctx.spec, ctx.source_topic, ctx.version, p, selection)
 
     everything = count(_bounded(None, p, last_source))
     if not ctx.selection.wants(p):
@@ -570,10 +565,8 @@ def _sample_restored(ctx: _Context, part: PartitionVerify, sample: int, rng: ran
         ).fetchone()
         found = None
         if target is not None:
-            message = verify_topic.read_at(
-                ctx.consumer, ctx.topic, p, int(target[0]), part.end_offset
-            )
+            message = topic.read_at(ctx.consumer, ctx.topic, p, int(target[0]), part.end_offset)
             if message is not None:
                 lookup = OffsetMapLookup(ctx.conn, ctx.run_ids, p)
-                found = next(verify_topic.mapped(iter([message]), p, lookup))
+                found = next(topic.mapped(iter([message]), p, lookup))
         _compare_one(ctx, part, stored, found)

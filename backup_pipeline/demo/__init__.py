@@ -1,0 +1,1 @@
+"""Demo data: realistic records (data) produced to the three topics (producer)."""
