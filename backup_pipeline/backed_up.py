@@ -1,6 +1,8 @@
-"""Read backed-up records back as Kafka records, one partition at a time, in offset order.
+"""What restore and verify share about backed-up records: which table holds a topic, the
+selection of records, the origin headers a restore adds, and reading the records back as
+Kafka records, one partition at a time, in offset order.
 
-Shared by restore and verify. Rows are read with keyset pagination (``kafka_offset > last
+Rows are read with keyset pagination (``kafka_offset > last
 seen ... LIMIT page``) on the primary key, so memory stays flat whatever the table's size
 and every page is a short statement on an autocommit connection. Quarantined records are
 raw bytes and merge into the same offset order when asked for.
@@ -17,7 +19,9 @@ import psycopg
 from psycopg import sql
 
 from backup_pipeline.backup.records import TRACEPARENT_HEADER, decode_headers
-from backup_pipeline.topics import TopicSpec, ValueFormat
+from backup_pipeline.errors import RestoreError
+from backup_pipeline.settings import Settings
+from backup_pipeline.topics import TOPICS, TopicSpec, ValueFormat, spec_for_table
 
 Headers = list[tuple[str, bytes | None]]
 
@@ -108,6 +112,47 @@ class Selection:
 
 
 EVERYTHING = Selection(include_quarantined=True)
+
+
+# A restore appends these to each record's own headers (RestoreRequest.origin_headers), so
+# verify can map a restored record back to its backup offset.
+ORIGIN_TOPIC = "backup.source.topic"
+ORIGIN_PARTITION = "backup.source.partition"
+ORIGIN_OFFSET = "backup.source.offset"
+ORIGIN_VERSION = "backup.version"
+ORIGIN_HEADERS = (ORIGIN_TOPIC, ORIGIN_PARTITION, ORIGIN_OFFSET, ORIGIN_VERSION)
+
+
+def resolve_spec(settings: Settings, table: str | None, topic: str | None) -> TopicSpec:
+    if table is not None:
+        return spec_for_table(table)
+    for spec in TOPICS:
+        if settings.topic(spec) == topic:
+            return spec
+    raise RestoreError(f"no backed-up table for topic {topic!r}; give the table instead")
+
+
+def origin_headers(topic: str, record: BackedUpRecord, version: int) -> Headers:
+    return [
+        (ORIGIN_TOPIC, topic.encode()),
+        (ORIGIN_PARTITION, str(record.partition).encode()),
+        (ORIGIN_OFFSET, str(record.offset).encode()),
+        (ORIGIN_VERSION, str(version).encode()),
+    ]
+
+
+def split_origin(headers: Headers) -> tuple[Headers, tuple[int, int] | None]:
+    """The record's own headers, and (source partition, offset) when origin headers end it."""
+    n = len(ORIGIN_HEADERS)
+    tail = headers[-n:]
+    if len(tail) < n or tuple(name for name, _ in tail) != ORIGIN_HEADERS:
+        return headers, None
+    values = dict(tail)
+    try:
+        origin = (int(values[ORIGIN_PARTITION] or b""), int(values[ORIGIN_OFFSET] or b""))
+    except ValueError:
+        return headers, None
+    return headers[:-n], origin
 
 
 def message_headers(message: Any) -> Headers:

@@ -15,3 +15,7 @@ class ConcurrentWriterError(BackupError):
 
 class KafkaUnavailableError(BackupError):
     """Kafka could not be reached or did not answer in time."""
+
+
+class RestoreError(BackupError):
+    """A restore was refused or could not go on; the message says why and what to do."""

@@ -25,7 +25,8 @@ from confluent_kafka.admin import (
 from backup_pipeline.backed_up import Extent
 from backup_pipeline.backup.pass_ import backup_topic
 from backup_pipeline.cli.restore import restore_command
-from backup_pipeline.restore.run import RestoreError, RestoreRequest, restore, resume
+from backup_pipeline.errors import RestoreError
+from backup_pipeline.restore.run import RestoreRequest, restore, resume
 from backup_pipeline.restore.target_topic import (
     KEEP_EVERY_RECORD,
     new_target_config,

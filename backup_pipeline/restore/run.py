@@ -29,34 +29,25 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from backup_pipeline import backed_up, db, versions
-from backup_pipeline.backed_up import BackedUpRecord, Headers, Selection, message_headers
+from backup_pipeline.backed_up import (
+    BackedUpRecord,
+    Headers,
+    Selection,
+    message_headers,
+    origin_headers,
+    resolve_spec,
+    split_origin,
+)
 from backup_pipeline.backup import source
+from backup_pipeline.errors import RestoreError
 from backup_pipeline.kafka_config import admin_config, consumer_config, producer_config
 from backup_pipeline.progress import ProgressCallback, tick
 from backup_pipeline.restore import bookkeeping, target_topic
 from backup_pipeline.restore.bookkeeping import Checkpoint, RunRow
-from backup_pipeline.restore.target_topic import RestoreError
 from backup_pipeline.settings import Settings
-from backup_pipeline.topics import TOPICS, TopicSpec, ValueFormat, spec_for_table
+from backup_pipeline.topics import ValueFormat, spec_for_table
 
 log = logging.getLogger(__name__)
-
-ORIGIN_TOPIC = "backup.source.topic"
-ORIGIN_PARTITION = "backup.source.partition"
-ORIGIN_OFFSET = "backup.source.offset"
-ORIGIN_VERSION = "backup.version"
-ORIGIN_HEADERS = (ORIGIN_TOPIC, ORIGIN_PARTITION, ORIGIN_OFFSET, ORIGIN_VERSION)
-
-
-__all__ = [
-    "ORIGIN_HEADERS",
-    "RestoreError",
-    "RestoreReport",
-    "RestoreRequest",
-    "Selection",
-    "restore",
-    "resume",
-]
 
 
 @dataclass(frozen=True)
@@ -108,38 +99,6 @@ class RestoreReport:
         if self.target_config:
             line += f"\n  target {self.target_topic}: {self.target_config}"
         return line
-
-
-def resolve_spec(settings: Settings, table: str | None, topic: str | None) -> TopicSpec:
-    if table is not None:
-        return spec_for_table(table)
-    for spec in TOPICS:
-        if settings.topic(spec) == topic:
-            return spec
-    raise RestoreError(f"no backed-up table for topic {topic!r}; give the table instead")
-
-
-def origin_headers(topic: str, record: BackedUpRecord, version: int) -> Headers:
-    return [
-        (ORIGIN_TOPIC, topic.encode()),
-        (ORIGIN_PARTITION, str(record.partition).encode()),
-        (ORIGIN_OFFSET, str(record.offset).encode()),
-        (ORIGIN_VERSION, str(version).encode()),
-    ]
-
-
-def split_origin(headers: Headers) -> tuple[Headers, tuple[int, int] | None]:
-    """The record's own headers, and (source partition, offset) when origin headers end it."""
-    n = len(ORIGIN_HEADERS)
-    tail = headers[-n:]
-    if len(tail) < n or tuple(name for name, _ in tail) != ORIGIN_HEADERS:
-        return headers, None
-    values = dict(tail)
-    try:
-        origin = (int(values[ORIGIN_PARTITION] or b""), int(values[ORIGIN_OFFSET] or b""))
-    except ValueError:
-        return headers, None
-    return headers[:-n], origin
 
 
 def restore(

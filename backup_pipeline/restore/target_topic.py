@@ -12,7 +12,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, Res
 
 from backup_pipeline.backed_up import Extent
 from backup_pipeline.backup import source
-from backup_pipeline.errors import BackupError, KafkaUnavailableError
+from backup_pipeline.errors import KafkaUnavailableError, RestoreError
 from backup_pipeline.kafka_config import serve_admin_log
 from backup_pipeline.topics_admin import create_topics
 
@@ -28,10 +28,6 @@ RETENTION_MARGIN_MS = 3_600_000
 # Per-record overhead on disk (record header, a share of the batch header): errs high.
 RECORD_OVERHEAD_BYTES = 80
 OVERRIDE_FLAG = "--allow-retention-loss (restore_job: allow_retention_loss)"
-
-
-class RestoreError(BackupError):
-    """A restore was refused or could not go on; the message says why and what to do."""
 
 
 def default_target(source_topic: str, now: datetime | None = None) -> str:

@@ -31,13 +31,12 @@ import psycopg
 from confluent_kafka import Consumer
 
 from backup_pipeline import backed_up, db, versions
-from backup_pipeline.backed_up import BackedUpRecord, Selection
+from backup_pipeline.backed_up import BackedUpRecord, Selection, resolve_spec
 from backup_pipeline.backup import hwm, source
 from backup_pipeline.errors import BackupError
 from backup_pipeline.kafka_config import consumer_config
 from backup_pipeline.progress import ProgressCallback, tick
 from backup_pipeline.restore import bookkeeping
-from backup_pipeline.restore.run import resolve_spec
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TopicSpec, ValueFormat
 from backup_pipeline.verify import topic
