@@ -11,11 +11,9 @@ from dagster._core.test_utils import create_run_for_test
 
 from backup_pipeline.definitions import defs
 from backup_pipeline.demo.data import DemoRecord
-from backup_pipeline.orchestration import assets as asset_defs
 from backup_pipeline.orchestration import checks
 from backup_pipeline.orchestration.jobs import TABLE_TAG, VERSION_TAG
 from backup_pipeline.orchestration.resources import BackupEngine
-from backup_pipeline.orchestration.sensors import SENSORS
 from backup_pipeline.topics import TOPICS, spec_for_table
 from backup_pipeline_tests.helpers import good_records, hwms, key, produce, stored_offsets
 
@@ -34,12 +32,15 @@ def env(monkeypatch, services, database_url, topic_names):
 
 
 def table_asset(table: str) -> dg.AssetsDefinition:
-    return next(a for a in asset_defs.TABLE_ASSETS if a.key == dg.AssetKey(table))
+    return defs.get_assets_def(table)
 
 
 def table_checks(table: str) -> dg.AssetChecksDefinition:
     return next(
-        c for c in checks.TABLE_CHECKS if dg.AssetKey(table) in {k.asset_key for k in c.check_keys}
+        c
+        for c in defs.asset_checks or []
+        if isinstance(c, dg.AssetChecksDefinition)
+        and {k.asset_key for k in c.check_keys} == {dg.AssetKey(table)}
     )
 
 
@@ -108,7 +109,7 @@ def test_quarantine_fails_its_check_until_acknowledged(env, producer, topic_name
 
 
 def sensor(name: str) -> dg.SensorDefinition:
-    return next(s for s in SENSORS if s.name == name)
+    return defs.get_sensor_def(name)
 
 
 def tick(name: str, instance: dg.DagsterInstance, cursor: str | None = None):

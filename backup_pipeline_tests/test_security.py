@@ -476,7 +476,7 @@ def test_dagster_runs_never_record_the_passwords(
     instance = dg.DagsterInstance.ephemeral()
 
     def run(raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
-        asset = next(a for a in asset_defs.TABLE_ASSETS if a.key == dg.AssetKey("bekreftelser"))
+        asset = asset_defs.table_asset(BEKREFTELSER)
         return dg.materialize(
             [asset],
             instance=instance,

@@ -23,7 +23,7 @@ from backup_pipeline.orchestration.resources import (
     rows_stored,
 )
 from backup_pipeline.settings import Settings
-from backup_pipeline.topics import TOPICS, TopicSpec, ValueFormat
+from backup_pipeline.topics import TopicSpec, ValueFormat
 
 GROUP = "kafka_backup"
 
@@ -304,7 +304,3 @@ def _event(
     if final:
         return dg.MaterializeResult(metadata=metadata)
     return dg.AssetMaterialization(asset_key=spec.table, metadata=metadata)
-
-
-TOPIC_SPECS = [topic_spec(spec) for spec in TOPICS]
-TABLE_ASSETS = [table_asset(spec) for spec in TOPICS]

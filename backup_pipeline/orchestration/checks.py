@@ -20,7 +20,7 @@ from backup_pipeline.errors import BackupError
 from backup_pipeline.orchestration.jobs import job_name
 from backup_pipeline.orchestration.resources import BackupEngine, TopicView
 from backup_pipeline.settings import Settings
-from backup_pipeline.topics import TOPICS, TopicSpec
+from backup_pipeline.topics import TopicSpec
 
 LAG = "lag_below_threshold"
 QUARANTINE = "no_unacknowledged_quarantine"
@@ -276,6 +276,3 @@ def table_checks(spec: TopicSpec) -> dg.AssetChecksDefinition:
                 )
 
     return _checks
-
-
-TABLE_CHECKS = [table_checks(spec) for spec in TOPICS]

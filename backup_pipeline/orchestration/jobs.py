@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from backup_pipeline.topics import TOPICS, TopicSpec
+from backup_pipeline.topics import TopicSpec
 
 # The only tags a person filters runs by; the job name says what kind of run it is.
 TABLE_TAG = "backup_pipeline/table"
@@ -35,21 +35,19 @@ def _job(spec: TopicSpec, name: str, description: str) -> dg.UnresolvedAssetJobD
     )
 
 
-JOBS = {
-    spec.table: _job(
+def backup_job(spec: TopicSpec) -> dg.UnresolvedAssetJobDefinition:
+    return _job(
         spec,
         job_name(spec),
         f"Back up {spec.default_topic} into {spec.table}: the serving version, followed "
         "for BACKUP_RUN_FOLLOW_SECONDS (started by its sensor).",
     )
-    for spec in TOPICS
-}
-REINGEST_JOBS = {
-    spec.table: _job(
+
+
+def reingest_job(spec: TopicSpec) -> dg.UnresolvedAssetJobDefinition:
+    return _job(
         spec,
         reingest_job_name(spec),
         f"Re-ingest {spec.default_topic} into {spec.table} under a new BACKUP_VERSION "
         "(started by its re-ingest sensor; stop that sensor to pause).",
     )
-    for spec in TOPICS
-}

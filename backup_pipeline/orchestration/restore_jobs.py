@@ -12,6 +12,8 @@ from backup_pipeline.settings import env_setting, load_settings
 from backup_pipeline.topics import TOPICS, TopicSpec
 from backup_pipeline.verify.compare import verify
 
+VERIFY_CHECK = "matches_topic"
+
 
 def verify_sample() -> int:
     """Offsets compared per partition by the scheduled check (read at run time)."""
@@ -114,7 +116,7 @@ def verify_check(spec: TopicSpec) -> dg.AssetChecksDefinition:
     # It runs on its schedule, or by hand from the topic's page.
     @dg.asset_check(
         asset=topic_asset_key(spec),
-        name="matches_topic",
+        name=VERIFY_CHECK,
         description=f"Compares a random sample of offsets per partition (BACKUP_VERIFY_SAMPLE) "
         f"of the live topic with its backup in {spec.table}: key, value and headers must be "
         "identical. A topic restored under its own name is compared through its restore's "
@@ -141,10 +143,11 @@ def verify_check(spec: TopicSpec) -> dg.AssetChecksDefinition:
     return _verify
 
 
-VERIFY_CHECKS = [verify_check(spec) for spec in TOPICS]
 verify_job = dg.define_asset_job(
     "verify_backups",
-    selection=dg.AssetSelection.checks(*VERIFY_CHECKS),
+    selection=dg.AssetSelection.checks(
+        *(dg.AssetCheckKey(topic_asset_key(spec), VERIFY_CHECK) for spec in TOPICS)
+    ),
     executor_def=dg.in_process_executor,
     description="Sample-verify every backup table against its live topic.",
 )

@@ -27,8 +27,6 @@ from backup_pipeline.errors import BackupError, ConfigError
 from backup_pipeline.orchestration import checks
 from backup_pipeline.orchestration.assets import topic_asset_key
 from backup_pipeline.orchestration.jobs import (
-    JOBS,
-    REINGEST_JOBS,
     TABLE_TAG,
     VERSION_TAG,
     job_name,
@@ -36,7 +34,7 @@ from backup_pipeline.orchestration.jobs import (
 )
 from backup_pipeline.orchestration.resources import BackupEngine, TopicView
 from backup_pipeline.settings import Settings, in_window, load_settings
-from backup_pipeline.topics import TOPICS, TopicSpec
+from backup_pipeline.topics import TopicSpec
 
 # Each Kafka request of a tick (1 + one per partition). A broker that is down fails the
 # first request, so a tick ends after about this long, far below Dagster's 60 s limit.
@@ -287,7 +285,7 @@ def _one_line(exc: BaseException) -> str:
 def backup_sensor(spec: TopicSpec) -> dg.SensorDefinition:
     @dg.sensor(
         name=f"{spec.table}_backup_sensor",
-        job=JOBS[spec.table],
+        job_name=job_name(spec),
         minimum_interval_seconds=sensor_interval(),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Keeps one run following {spec.table}'s serving version, and reports "
@@ -304,7 +302,7 @@ def backup_sensor(spec: TopicSpec) -> dg.SensorDefinition:
 def reingest_sensor(spec: TopicSpec) -> dg.SensorDefinition:
     @dg.sensor(
         name=f"{spec.table}_reingest_sensor",
-        job=REINGEST_JOBS[spec.table],
+        job_name=reingest_job_name(spec),
         minimum_interval_seconds=sensor_interval(),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Re-ingests {spec.table} under a new BACKUP_VERSION (inside "
@@ -317,6 +315,3 @@ def reingest_sensor(spec: TopicSpec) -> dg.SensorDefinition:
         return reingest_tick(context, spec, engine)
 
     return _sensor
-
-
-SENSORS = [make(spec) for spec in TOPICS for make in (backup_sensor, reingest_sensor)]
