@@ -15,22 +15,18 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewPartitions
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from confluent_kafka.admin import AdminClient
 
 from backup_pipeline.migrate import migrate
 from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TOPICS
 from backup_pipeline.topics_admin import create_topics
 from backup_pipeline_tests import waits
-
-REPO = Path(__file__).resolve().parent.parent
+from backup_pipeline_tests.support import REPO, admin_execute, make_settings, with_dbname
 
 # Fixtures that start or reach the real services: a test whose fixture closure holds one
 # of them is in the `services` tier.
@@ -81,47 +77,33 @@ def services() -> dict[str, str]:
     }
 
 
-def _with_dbname(url: str, dbname: str) -> str:
-    if "://" in url:  # keep URLs as URLs: DAGSTER_PG_URL must be one
-        parts = urlsplit(url)
-        return urlunsplit(parts._replace(path=f"/{dbname}"))
-    params = conninfo_to_dict(url)
-    params["dbname"] = dbname
-    return make_conninfo(**params)
-
-
-def _admin_execute(services: dict[str, str], statement: str) -> None:
-    with psycopg.connect(services["DATABASE_URL"], autocommit=True) as conn:
-        conn.execute(statement)
-
-
 @pytest.fixture(scope="session")
 def template_database(services: dict[str, str]) -> Iterator[str]:
     """A database migrated once per session, copied for every test that needs one."""
     name = f"bp_template_{os.getpid()}"
-    _admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    _admin_execute(services, f'CREATE DATABASE "{name}"')
-    url = _with_dbname(services["DATABASE_URL"], name)
+    admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin_execute(services, f'CREATE DATABASE "{name}"')
+    url = with_dbname(services["DATABASE_URL"], name)
     migrate(load_settings({"KAFKA_BROKERS": services["KAFKA_BROKERS"], "DATABASE_URL": url}))
     yield name
-    _admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 def empty_database_url(services: dict[str, str]) -> Iterator[str]:
     name = f"bp_test_{uuid.uuid4().hex[:12]}"
-    _admin_execute(services, f'CREATE DATABASE "{name}"')
-    yield _with_dbname(services["DATABASE_URL"], name)
-    _admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin_execute(services, f'CREATE DATABASE "{name}"')
+    yield with_dbname(services["DATABASE_URL"], name)
+    admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 def database_url(services: dict[str, str], template_database: str) -> Iterator[str]:
     """A fresh, fully migrated database of its own."""
     name = f"bp_test_{uuid.uuid4().hex[:12]}"
-    _admin_execute(services, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    yield _with_dbname(services["DATABASE_URL"], name)
-    _admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin_execute(services, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    yield with_dbname(services["DATABASE_URL"], name)
+    admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -136,20 +118,6 @@ def topic_names(admin: AdminClient) -> dict[str, str]:
     names = {spec.table: f"test.{spec.table}.{suffix}" for spec in TOPICS}
     create_topics(admin, list(names.values()), partitions=3)
     return names
-
-
-def make_settings(
-    services: dict[str, str],
-    database_url: str,
-    topic_names: dict[str, str] | None = None,
-    **extra: str,
-) -> Settings:
-    env = {"KAFKA_BROKERS": services["KAFKA_BROKERS"], "DATABASE_URL": database_url}
-    for spec in TOPICS:
-        if topic_names and spec.table in topic_names:
-            env[spec.topic_env_var] = topic_names[spec.table]
-    env.update(extra)
-    return load_settings(env)
 
 
 @pytest.fixture
@@ -170,14 +138,3 @@ def producer(services: dict[str, str]) -> Iterator[Producer]:
     )
     yield producer
     producer.flush(30)
-
-
-def add_partitions(admin: AdminClient, topic: str, total: int) -> None:
-    for future in admin.create_partitions([NewPartitions(topic, total)]).values():
-        future.result()
-    waits.wait_until(
-        lambda: len(admin.list_topics(topic, timeout=10).topics[topic].partitions) >= total,
-        30,
-        "the new partitions to show in metadata",
-        interval=0.2,
-    )

@@ -11,12 +11,13 @@ from backup_pipeline.backup import hwm
 from backup_pipeline.backup.pass_ import backup_topic
 from backup_pipeline.demo.data import DemoRecord
 from backup_pipeline.topics import spec_for_table
-from backup_pipeline_tests.conftest import add_partitions, make_settings
-from backup_pipeline_tests.helpers import (
+from backup_pipeline_tests.support import (
+    add_partitions,
     end_offsets,
     good_records,
     hwms,
     key,
+    make_settings,
     produce,
     quarantined,
     stored_offsets,

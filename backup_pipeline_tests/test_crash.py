@@ -11,7 +11,8 @@ import time
 
 from backup_pipeline.demo.data import awkward_record, good_record
 from backup_pipeline.topics import spec_for_table
-from backup_pipeline_tests.helpers import end_offsets, hwms, produce
+from backup_pipeline_tests import support
+from backup_pipeline_tests.support import end_offsets, hwms, produce
 from backup_pipeline_tests.waits import bounded, scaled
 
 HENDELSER = spec_for_table("bekreftelse_hendelser")
@@ -36,18 +37,6 @@ def _pass_process(settings_env: dict[str, str], failpoint: str | None) -> subpro
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-
-
-def _accounted(db, topic: str) -> list[tuple[int, int]]:
-    return [
-        tuple(r)
-        for r in db.execute(
-            "SELECT kafka_partition, kafka_offset FROM bekreftelse_hendelser WHERE version = 1 "
-            "UNION ALL SELECT kafka_partition, kafka_offset FROM backup_quarantine "
-            "WHERE version = 1 AND kafka_topic = %s ORDER BY 1, 2",
-            (topic,),
-        ).fetchall()
-    ]
 
 
 def test_killed_passes_at_many_points_still_store_every_offset_exactly_once(
@@ -93,7 +82,7 @@ def test_killed_passes_at_many_points_still_store_every_offset_exactly_once(
     _out, err = final.communicate(timeout=bounded(180))
     assert final.returncode == 0, err.decode()
 
-    accounted = _accounted(db, topic)
+    accounted = support.accounted(db, HENDELSER, topic)
     assert len(accounted) == len(set(accounted)) == len(records)  # exactly once
     ends = end_offsets(services["KAFKA_BROKERS"], topic)
     assert hwms(db, topic) == {p: end - 1 for p, end in ends.items()}

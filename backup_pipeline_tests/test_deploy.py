@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from backup_pipeline_tests.dagster_server import DagsterServer, free_port
+from backup_pipeline_tests.support import REPO, DagsterServer, free_port
 from backup_pipeline_tests.waits import wait_until
 
-REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 

@@ -16,9 +16,13 @@ import pytest
 from backup_pipeline.orchestration import checks
 from backup_pipeline.topics import TOPICS
 from backup_pipeline_tests.browser import browser_page, dismiss_dialogs
-from backup_pipeline_tests.conftest import _admin_execute, _with_dbname
-from backup_pipeline_tests.dagster_server import DagsterServer
-from backup_pipeline_tests.helpers import good_records, produce
+from backup_pipeline_tests.support import (
+    DagsterServer,
+    admin_execute,
+    good_records,
+    produce,
+    with_dbname,
+)
 
 RECORDS = 40
 
@@ -26,9 +30,9 @@ RECORDS = 40
 @pytest.fixture
 def dagster_storage_url(services) -> Iterator[str]:
     name = f"bp_dagster_{uuid.uuid4().hex[:10]}"
-    _admin_execute(services, f'CREATE DATABASE "{name}"')
-    yield _with_dbname(services["DATABASE_URL"], name)
-    _admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin_execute(services, f'CREATE DATABASE "{name}"')
+    yield with_dbname(services["DATABASE_URL"], name)
+    admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

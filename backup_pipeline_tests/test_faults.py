@@ -10,8 +10,6 @@ These tests stop and start servers, so they run a dev/services instance of their
 from __future__ import annotations
 
 import os
-import random
-import re
 import shutil
 import signal
 import subprocess
@@ -29,23 +27,28 @@ from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
 from backup_pipeline import db
 from backup_pipeline.backup import pass_
 from backup_pipeline.backup.report import PassReport
-from backup_pipeline.demo.data import awkward_record, good_record
 from backup_pipeline.errors import BackupError, KafkaUnavailableError
 from backup_pipeline.kafka_config import consumer_config
-from backup_pipeline.migrate import migrate
 from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TOPICS, TopicSpec, spec_for_table
 from backup_pipeline.topics_admin import create_topics
-from backup_pipeline_tests.dagster_server import DagsterServer
-from backup_pipeline_tests.helpers import end_offsets
+from backup_pipeline_tests.support import (
+    DagsterServer,
+    DevServices,
+    accounted,
+    end_offsets,
+    hwms,
+    produce_many,
+    run_events,
+    run_process_pid,
+)
 
-REPO = Path(__file__).resolve().parent.parent
 BEKREFTELSER = spec_for_table("bekreftelser")
 HENDELSER = spec_for_table("bekreftelse_hendelser")
 
@@ -56,114 +59,6 @@ SMALL_PREFETCH = {"queued.max.messages.kbytes": 256, "queued.min.messages": 100}
 
 
 # ------------------------------------------------------------------ services ----
-
-
-def _alive(pid: int) -> bool:
-    """Alive and not a zombie (a killed daemon may wait a while for PID 1 to reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(") ", 1)[-1].split(" ", 1)[0] != "Z"
-
-
-class DevServices:
-    """A dev/services instance of its own: state dir, ports, pid files.
-
-    ``stop``/``kill`` signal one server by the pid in its pid file and wait until it is
-    gone; ``up`` starts whatever is missing (and keeps what runs), as dev/services does.
-    """
-
-    PORT_VARS = (
-        "BACKUP_DEV_KAFKA_PORT",
-        "BACKUP_DEV_KAFKA_CONTROLLER_PORT",
-        "BACKUP_DEV_KAFKA_SSL_PORT",
-        "BACKUP_DEV_KAFKA_SASL_SSL_PORT",
-        "BACKUP_DEV_PG_PORT",
-    )
-
-    def __init__(self, state: Path) -> None:
-        self.state = state
-        self.state.mkdir(parents=True, exist_ok=True)
-        self.env = {"BACKUP_DEV_STATE": str(state)}
-        self.env.update(_free_ports(self.PORT_VARS))
-        self.exports: dict[str, str] = {}
-        # The Kafka jars of the shared instance, if present, spare a Maven run.
-        shared = Path(os.environ.get("BACKUP_DEV_STATE") or REPO / ".dev") / "kafka-libs"
-        if (shared / ".stamp").exists() and not (state / "kafka-libs").exists():
-            shutil.copytree(shared, state / "kafka-libs", symlinks=True)
-
-    def _run(self, command: str) -> str:
-        env = {**os.environ, **self.env}
-        done = subprocess.run(
-            [str(REPO / "dev" / "services"), command],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if done.returncode != 0:
-            raise AssertionError(f"dev/services {command} failed:\n{done.stderr[-3000:]}")
-        return done.stdout
-
-    def up(self) -> float:
-        """Start what is missing; return how long it took."""
-        started = time.monotonic()
-        out = self._run("up")
-        for line in out.splitlines():
-            name, _, value = line.removeprefix("export ").partition("=")
-            if value:
-                self.exports[name] = value
-        return time.monotonic() - started
-
-    def down(self) -> None:
-        self._run("down")
-
-    def pid(self, server: str) -> int:
-        return int((self.state / f"{server}.pid").read_text().split()[0])
-
-    def signal(self, server: str, sig: int, timeout: float = 60) -> float:
-        """Send ``sig`` to ``server`` ("postgres" or "kafka"), wait until it has exited."""
-        pid = self.pid(server)
-        started = time.monotonic()
-        os.kill(pid, sig)
-        while _alive(pid):
-            assert time.monotonic() - started < timeout, f"{server} (pid {pid}) did not exit"
-            time.sleep(0.05)
-        return time.monotonic() - started
-
-    @property
-    def brokers(self) -> str:
-        return self.exports["KAFKA_BROKERS"]
-
-    @property
-    def admin_url(self) -> str:
-        return self.exports["DATABASE_URL"]
-
-    def database_url(self, dbname: str) -> str:
-        return self.admin_url.rsplit("/", 1)[0] + "/" + dbname
-
-    def create_database(self, migrated: bool = True) -> str:
-        name = f"bp_fault_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        url = self.database_url(name)
-        if migrated:
-            migrate(load_settings({"KAFKA_BROKERS": self.brokers, "DATABASE_URL": url}))
-        return url
-
-
-def _free_ports(names: tuple[str, ...]) -> dict[str, str]:
-    import socket
-
-    sockets = [socket.socket() for _ in names]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return {n: str(s.getsockname()[1]) for n, s in zip(names, sockets, strict=True)}
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @pytest.fixture(scope="module")
@@ -214,49 +109,6 @@ def target(fault_services: DevServices) -> Target:
 
 
 # ------------------------------------------------------------------- helpers ----
-
-
-def produce(brokers: str, topic: str, spec: TopicSpec, n: int, seed: int = 1) -> None:
-    """``n`` realistic records, one in twenty awkward (they go to quarantine)."""
-    rng = random.Random(seed)
-    producer = Producer({"bootstrap.servers": brokers, "linger.ms": 20, "enable.idempotence": True})
-    for _ in range(n):
-        make = awkward_record if rng.random() < 0.05 else good_record
-        record = make(rng, spec.value_format, spec.table)
-        while True:
-            try:
-                producer.produce(
-                    topic, key=record.key, value=record.value, headers=list(record.headers)
-                )
-                break
-            except BufferError:
-                producer.poll(0.1)
-        producer.poll(0)
-    assert producer.flush(60) == 0
-
-
-def accounted(conn: psycopg.Connection, spec: TopicSpec, topic: str) -> list[tuple[int, int]]:
-    """Every (partition, offset) stored: rows of the table plus quarantined records."""
-    return [
-        (int(p), int(o))
-        for p, o in conn.execute(
-            f"SELECT kafka_partition, kafka_offset FROM {spec.table} WHERE version = 1 "
-            "UNION ALL SELECT kafka_partition, kafka_offset FROM backup_quarantine "
-            "WHERE version = 1 AND kafka_topic = %s ORDER BY 1, 2",
-            (topic,),
-        ).fetchall()
-    ]
-
-
-def hwms(conn: psycopg.Connection, topic: str) -> dict[int, int]:
-    return {
-        int(p): int(o)
-        for p, o in conn.execute(
-            "SELECT kafka_partition, kafka_offset FROM bekreftelse_hwm "
-            "WHERE version = 1 AND kafka_topic = %s",
-            (topic,),
-        ).fetchall()
-    }
 
 
 def assert_consistent(conn: psycopg.Connection, spec: TopicSpec, topic: str) -> dict[int, int]:
@@ -353,7 +205,7 @@ def test_postgres_restarted_mid_pass_the_pass_reconnects_and_stores_every_offset
     """A fast shutdown (SIGINT) and restart of PostgreSQL while a pass writes: the pass's
     connection is lost, the engine runs the pass again from the committed HWMs."""
     topic = target.topics[BEKREFTELSER.table]
-    produce(target.services.brokers, topic, BEKREFTELSER, RECORDS)
+    produce_many(target.services.brokers, topic, BEKREFTELSER, RECORDS)
     proc = cli_pass(target, BEKREFTELSER, BACKUP_BATCH_SIZE="20")
     wait_until(lambda: progress(target, topic) >= 1000, 60, "the pass to commit batches")
     target.services.signal("postgres", signal.SIGINT)
@@ -372,7 +224,7 @@ def test_postgres_crash_mid_pass_fails_cleanly_and_the_next_pass_completes(targe
     the pass stops with one readable line, what it committed is whole, the next pass
     finishes the job."""
     topic = target.topics[HENDELSER.table]
-    produce(target.services.brokers, topic, HENDELSER, RECORDS)
+    produce_many(target.services.brokers, topic, HENDELSER, RECORDS)
     proc = cli_pass(target, HENDELSER, BACKUP_BATCH_SIZE="20", BACKUP_PASS_ATTEMPTS="1")
     wait_until(lambda: progress(target, topic) >= 1000, 60, "the pass to commit batches")
     target.services.signal("postgres", signal.SIGKILL)
@@ -402,7 +254,7 @@ def test_kafka_killed_and_restarted_mid_pass_the_pass_waits_and_completes(target
     """SIGKILL of the broker and a restart (~10 s): the consumer reconnects and the same
     pass reads on to the end offsets it captured."""
     topic = target.topics[BEKREFTELSER.table]
-    produce(target.services.brokers, topic, BEKREFTELSER, RECORDS)
+    produce_many(target.services.brokers, topic, BEKREFTELSER, RECORDS)
     started = time.monotonic()
     future = in_thread(lambda: engine_pass(target, BEKREFTELSER, **SMALL_PREFETCH))
     wait_until(lambda: progress(target, topic) >= 1000, 60, "the pass to commit batches")
@@ -423,7 +275,7 @@ def test_a_slow_broker_restart_within_the_no_progress_limit_the_pass_completes(t
     restart): with the default KAFKA_NO_PROGRESS_SECONDS (300) the pass waits it out and
     completes, exactly once."""
     topic = target.topics[BEKREFTELSER.table]
-    produce(target.services.brokers, topic, BEKREFTELSER, RECORDS)
+    produce_many(target.services.brokers, topic, BEKREFTELSER, RECORDS)
     future = in_thread(lambda: engine_pass(target, BEKREFTELSER, **SMALL_PREFETCH))
     wait_until(lambda: progress(target, topic) >= 1000, 60, "the pass to commit batches")
     target.services.signal("kafka", signal.SIGTERM)
@@ -440,7 +292,7 @@ def test_kafka_down_longer_than_the_idle_bound_fails_the_pass_then_the_next_comp
     limit (30 s here) with KafkaUnavailableError instead of hanging; after the restart the
     next pass completes."""
     topic = target.topics[BEKREFTELSER.table]
-    produce(target.services.brokers, topic, BEKREFTELSER, RECORDS)
+    produce_many(target.services.brokers, topic, BEKREFTELSER, RECORDS)
     future = in_thread(
         lambda: engine_pass(target, BEKREFTELSER, no_progress_seconds=30, **SMALL_PREFETCH)
     )
@@ -472,7 +324,7 @@ def test_a_table_lock_held_by_someone_else_fails_the_pass_after_the_lock_timeout
     clear error (not retried), and once the lock is gone the next pass completes."""
     monkeypatch.setenv("BACKUP_LOCK_TIMEOUT_SECONDS", "2")
     topic = target.topics[BEKREFTELSER.table]
-    produce(target.services.brokers, topic, BEKREFTELSER, RECORDS)
+    produce_many(target.services.brokers, topic, BEKREFTELSER, RECORDS)
     settings = target.settings(BACKUP_BATCH_SIZE="20")
     future = in_thread(lambda: pass_.backup_topic(settings, BEKREFTELSER))
     wait_until(lambda: progress(target, topic) >= 1000, 60, "the pass to commit batches")
@@ -506,7 +358,7 @@ def test_a_statement_timeout_rolls_back_the_whole_batch_and_the_next_pass_comple
     (SELECT ... FOR UPDATE): a batch COPYs its rows, then waits to move the HWM and is
     cancelled. Its rows must vanish with it: rows and HWMs stay consistent."""
     topic = target.topics[HENDELSER.table]
-    produce(target.services.brokers, topic, HENDELSER, RECORDS)
+    produce_many(target.services.brokers, topic, HENDELSER, RECORDS)
     timeout_url = target.database_url + "?options=-c%20statement_timeout%3D1500"
     settings = target.settings(DATABASE_URL=timeout_url, BACKUP_BATCH_SIZE="20")
     future = in_thread(lambda: pass_.backup_topic(settings, HENDELSER))
@@ -554,26 +406,6 @@ def test_the_pass_bounds_lock_waits_by_default_and_keeps_a_lock_timeout_from_the
 # ---------------------------------------------------------------- 9: Dagster ----
 
 
-def run_events(server: DagsterServer, run_id: str) -> tuple[str, list[str]]:
-    data = server.graphql(
-        """query ($runId: ID!) { runOrError(runId: $runId) { __typename ... on Run {
-          status eventConnection { events { __typename ... on MessageEvent { message } } }
-        } } }""",
-        {"runId": run_id},
-    )["runOrError"]
-    messages = [e.get("message") or "" for e in data["eventConnection"]["events"]]
-    return data["status"], messages
-
-
-def run_process_pid(server: DagsterServer, run_id: str) -> int | None:
-    """The run worker's pid, from the run's own "Started process for run (pid: N)." event."""
-    _, messages = run_events(server, run_id)
-    for message in messages:
-        if found := re.search(r"Started process for run \(pid: (\d+)\)", message):
-            return int(found[1])
-    return None
-
-
 @pytest.fixture
 def dagster_server(tmp_path, target) -> Iterator[DagsterServer]:
     storage = target.services.create_database(migrated=False)
@@ -597,7 +429,7 @@ def test_a_run_killed_with_sigkill_is_marked_failed_and_the_topic_recovers(targe
     server = dagster_server
     topic = target.topics[BEKREFTELSER.table]
     records = 50_000
-    produce(target.services.brokers, topic, BEKREFTELSER, records)
+    produce_many(target.services.brokers, topic, BEKREFTELSER, records)
     server.start()
     job = f"backup_{BEKREFTELSER.table}"
 

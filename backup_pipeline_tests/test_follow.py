@@ -14,7 +14,7 @@ from backup_pipeline.backup import pass_
 from backup_pipeline.backup.report import PassReport
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import spec_for_table
-from backup_pipeline_tests.helpers import good_records, hwms, produce, stored_offsets
+from backup_pipeline_tests.support import good_records, hwms, produce, stored_offsets
 
 SPEC = spec_for_table("bekreftelser")
 

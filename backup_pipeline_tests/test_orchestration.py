@@ -15,7 +15,7 @@ from backup_pipeline.orchestration import checks
 from backup_pipeline.orchestration.jobs import TABLE_TAG, VERSION_TAG
 from backup_pipeline.orchestration.resources import BackupEngine
 from backup_pipeline.topics import TOPICS, spec_for_table
-from backup_pipeline_tests.helpers import good_records, hwms, key, produce, stored_offsets
+from backup_pipeline_tests.support import good_records, hwms, key, produce, stored_offsets
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 HENDELSER = spec_for_table("bekreftelse_hendelser")

@@ -25,7 +25,7 @@ from backup_pipeline.restore.run import RestoreRequest, restore, resume
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline.topics_admin import create_topics
 from backup_pipeline.verify.compare import verify
-from backup_pipeline_tests.helpers import good_records, key
+from backup_pipeline_tests.support import good_records, key
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 HENDELSER = spec_for_table("bekreftelse_hendelser")

@@ -13,7 +13,7 @@ from backup_pipeline.orchestration.assets import topic_asset_key
 from backup_pipeline.orchestration.restore_jobs import restore_job
 from backup_pipeline.restore.run import RestoreRequest, restore
 from backup_pipeline.topics import TOPICS, spec_for_table
-from backup_pipeline_tests.helpers import good_records, produce
+from backup_pipeline_tests.support import good_records, produce
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 

@@ -20,7 +20,7 @@ from backup_pipeline.progress import PROGRESS_EVERY, LogProgress
 from backup_pipeline.restore.run import RestoreRequest, restore
 from backup_pipeline.topics import TOPICS, spec_for_table
 from backup_pipeline.verify.compare import verify
-from backup_pipeline_tests.helpers import good_records, produce
+from backup_pipeline_tests.support import good_records, produce
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 BIN = Path(sys.executable).parent

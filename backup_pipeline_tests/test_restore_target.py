@@ -35,7 +35,7 @@ from backup_pipeline.restore.target_topic import (
 )
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline.topics_admin import create_topics
-from backup_pipeline_tests.helpers import good_records, key
+from backup_pipeline_tests.support import good_records, key
 from backup_pipeline_tests.test_restore import read_topic, without_offsets
 
 BEKREFTELSER = spec_for_table("bekreftelser")

@@ -47,8 +47,7 @@ from backup_pipeline.orchestration import assets as asset_defs
 from backup_pipeline.orchestration.resources import BackupEngine
 from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TOPICS, spec_for_table
-from backup_pipeline_tests.conftest import REPO
-from backup_pipeline_tests.helpers import good_records, hwms, key, produce
+from backup_pipeline_tests.support import REPO, good_records, hwms, key, produce
 from backup_pipeline_tests.waits import scaled, wait_until
 
 BEKREFTELSER = spec_for_table("bekreftelser")

@@ -18,7 +18,7 @@ from backup_pipeline.errors import BackupError, KafkaUnavailableError
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TOPICS, spec_for_table
 from backup_pipeline.versions import VersionLifecycle, VersionState
-from backup_pipeline_tests.helpers import good_records, produce, stored_offsets
+from backup_pipeline_tests.support import good_records, produce, stored_offsets
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 SERVING, REINGESTING, RETIRED = (

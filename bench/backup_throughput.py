@@ -36,27 +36,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    # Run as a script from a checkout: use this checkout's engine, installed or not.
-    sys.path.insert(0, str(REPO))
+# Run as a script from a checkout: use this checkout's engine, installed or not.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psycopg  # noqa: E402
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
-from confluent_kafka.admin import AdminClient  # noqa: E402
-from psycopg import sql  # noqa: E402
-from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
-from psycopg.types.json import Jsonb, set_json_dumps  # noqa: E402
+import psycopg
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.types.json import Jsonb, set_json_dumps
 
-from backup_pipeline.backup.records import (  # noqa: E402
+from backup_pipeline.backup.records import (
     JsonbWire,
     KafkaMessage,
     columns,
     map_messages,
 )
-from backup_pipeline.backup.writer import copy_rows  # noqa: E402
-from backup_pipeline.demo.data import good_record  # noqa: E402
-from backup_pipeline.topics import TOPICS, TopicSpec, spec_for_table  # noqa: E402
+from backup_pipeline.backup.writer import copy_rows
+from backup_pipeline.demo.data import good_record
+from backup_pipeline.topics import TOPICS, TopicSpec, spec_for_table
+from backup_pipeline_tests.support import end_offsets
 
 TARGET_COPY_RATIO = 0.75  # backup records/s >= 0.75 x raw COPY records/s
 TARGET_PER_RECORD_RATIO = 20.0  # backup records/s >= 20 x per-record transactions
@@ -258,18 +257,6 @@ def produce(brokers: str, topic: str, spec: TopicSpec, count: int, seed: int) ->
     if left or failures:
         raise RuntimeError(f"producing to {topic}: {left} undelivered, errors: {failures[:3]}")
     return payload
-
-
-def end_offsets(brokers: str, topic: str) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": brokers, "group.id": "bench-offsets"})
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in sorted(parts)
-        }
-    finally:
-        consumer.close()
 
 
 def read_rows(brokers: str, topic: str, spec: TopicSpec) -> list[tuple[Any, ...]]:

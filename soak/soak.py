@@ -32,18 +32,22 @@ from pathlib import Path
 from typing import Any, cast
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+# Run as a script from a checkout: this checkout's packages, installed or not.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backup_pipeline.demo.data import awkward_record, good_record  # noqa: E402
-from backup_pipeline.topics import TOPICS, TopicSpec  # noqa: E402
-from backup_pipeline.topics_admin import create_topics  # noqa: E402
-from backup_pipeline_tests.dagster_server import DagsterServer  # noqa: E402
-from backup_pipeline_tests.test_faults import (  # noqa: E402
+from backup_pipeline.demo.data import awkward_record, good_record
+from backup_pipeline.topics import TOPICS, TopicSpec
+from backup_pipeline.topics_admin import create_topics
+from backup_pipeline_tests.support import (
+    REPO,
+    DagsterServer,
     DevServices,
+    accounted,
+    consumer_end_offsets,
+    hwms,
     run_process_pid,
 )
 
@@ -137,29 +141,10 @@ def producer_loop(
 # ------------------------------------------------------------------- probes ----
 
 
-def end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
-    parts = consumer.list_topics(topic, timeout=5).topics[topic].partitions
-    return {
-        p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5, cached=False)[1]
-        for p in parts
-    }
-
-
-def hwms(database_url: str, topic: str) -> dict[int, int]:
-    with psycopg.connect(database_url, connect_timeout=5, autocommit=True) as conn:
-        return {
-            int(p): int(o)
-            for p, o in conn.execute(
-                "SELECT kafka_partition, kafka_offset FROM bekreftelse_hwm "
-                "WHERE version = 1 AND kafka_topic = %s",
-                (topic,),
-            ).fetchall()
-        }
-
-
 def lag(consumer: Consumer, database_url: str, topic: str) -> int:
-    ends = end_offsets(consumer, topic)
-    marks = hwms(database_url, topic)
+    ends = consumer_end_offsets(consumer, topic)
+    with psycopg.connect(database_url, connect_timeout=5, autocommit=True) as conn:
+        marks = hwms(conn, topic)
     return sum(max(0, end - (marks.get(p, -1) + 1)) for p, end in ends.items())
 
 
@@ -252,19 +237,6 @@ def _is_python(pid: int) -> bool:
 
 
 # ------------------------------------------------------------------ checking ----
-
-
-def stored(database_url: str, spec: TopicSpec, topic: str) -> list[tuple[int, int]]:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        return [
-            (int(p), int(o))
-            for p, o in conn.execute(
-                f"SELECT kafka_partition, kafka_offset FROM {spec.table} WHERE version = 1 "
-                "UNION ALL SELECT kafka_partition, kafka_offset FROM backup_quarantine "
-                "WHERE version = 1 AND kafka_topic = %s",
-                (topic,),
-            ).fetchall()
-        ]
 
 
 def wait_caught_up(
@@ -467,11 +439,12 @@ def main() -> int:
         for spec in TOPICS:
             topic = topics[spec.table]
             delivered = produced.delivered.get(topic, set())
-            rows = stored(database_url, spec, topic)
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                rows = accounted(conn, spec, topic)
+                marks = hwms(conn, topic)
             unique = set(rows)
-            ends = end_offsets(consumer, topic)
+            ends = consumer_end_offsets(consumer, topic)
             in_kafka = {(p, o) for p, end in ends.items() for o in range(end)}
-            marks = hwms(database_url, topic)
             item: dict[str, Any] = {
                 "produced": len(delivered),
                 "delivery_failed": produced.failed[topic],
