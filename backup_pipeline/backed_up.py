@@ -2,10 +2,10 @@
 selection of records, the origin headers a restore adds, and reading the records back as
 Kafka records, one partition at a time, in offset order.
 
-Rows are read with keyset pagination (``kafka_offset > last
-seen ... LIMIT page``) on the primary key, so memory stays flat whatever the table's size
-and every page is a short statement on an autocommit connection. Quarantined records are
-raw bytes and merge into the same offset order when asked for.
+Rows are read with keyset pagination (``kafka_offset > last seen ... LIMIT page``) on the
+primary key, so memory stays flat whatever the table's size and every page is a short
+statement on an autocommit connection. Quarantined records are raw bytes and merge into
+the same offset order when asked for.
 """
 
 from __future__ import annotations
@@ -124,6 +124,7 @@ ORIGIN_HEADERS = (ORIGIN_TOPIC, ORIGIN_PARTITION, ORIGIN_OFFSET, ORIGIN_VERSION)
 
 
 def resolve_spec(settings: Settings, table: str | None, topic: str | None) -> TopicSpec:
+    """The backed-up table a restore or verify names, by table or by its source topic."""
     if table is not None:
         return spec_for_table(table)
     for spec in TOPICS:
