@@ -62,42 +62,33 @@ def run_pass(
     ``more_connections`` opens further connections to write on (writer_lanes), called once
     the lock is held, so a pass that skips or waits holds only one.
     """
-    _prepare(conn, lock_timeout)
     started = time.monotonic()
     report = PassReport(topic=topic, table=spec.table, version=version)
     partitions = source.partitions(consumer, topic, kafka_timeout)
-    # New partitions get a -1 row here, so a partition added while we run is picked up
-    # by the next pass.
-    hwm.ensure_rows(conn, version, topic, partitions)
-    lock = hwm.WriterLock(conn, topic, version)
-    if not lock.acquire(lock_wait_seconds):
-        report.skipped = (
-            f"another pass is backing up {topic} version {version}; this one did nothing"
-        )
-        log.info(report.skipped)
-        return report
-    try:
-        extra = list(more_connections()) if more_connections else []
-        for other in extra:
-            _prepare(other, lock_timeout)
-        _run_locked(
-            conn,
-            consumer,
-            spec,
-            topic,
-            version,
-            report,
-            partitions,
-            batch_size=batch_size,
-            batch_bytes=batch_bytes,
-            max_records=max_records,
-            kafka_timeout=kafka_timeout,
-            extra_connections=extra,
-            no_progress_seconds=no_progress_seconds,
-        )
-    finally:
-        lock.release()
-        report.duration_seconds = time.monotonic() - started
+    with _writer_lock(
+        conn, topic, version, partitions, lock_wait_seconds, lock_timeout, more_connections
+    ) as held:
+        if held is None:
+            report.skipped = _busy(topic, version)
+            return report
+        try:
+            _run_locked(
+                conn,
+                consumer,
+                spec,
+                topic,
+                version,
+                report,
+                partitions,
+                batch_size=batch_size,
+                batch_bytes=batch_bytes,
+                max_records=max_records,
+                kafka_timeout=kafka_timeout,
+                extra_connections=held.extra,
+                no_progress_seconds=no_progress_seconds,
+            )
+        finally:
+            report.duration_seconds = time.monotonic() - started
     log.info(report.summary())
     return report
 
@@ -254,19 +245,13 @@ def follow(
     ``should_stop()`` says so, or when a pass reports an error. Each pass's report is
     yielded once its batches committed; ``outcome`` says how it ended.
     """
-    _prepare(conn, lock_timeout)
-    hwm.ensure_rows(conn, version, topic, source.partitions(consumer, topic, kafka_timeout))
-    lock = hwm.WriterLock(conn, topic, version)
-    if not lock.acquire(lock_wait_seconds):
-        outcome.skipped = (
-            f"another pass is backing up {topic} version {version}; this one did nothing"
-        )
-        log.info(outcome.skipped)
-        return
-    try:
-        extra = list(more_connections()) if more_connections else []
-        for other in extra:
-            _prepare(other, lock_timeout)
+    partitions = source.partitions(consumer, topic, kafka_timeout)
+    with _writer_lock(
+        conn, topic, version, partitions, lock_wait_seconds, lock_timeout, more_connections
+    ) as held:
+        if held is None:
+            outcome.skipped = _busy(topic, version)
+            return
         while True:
             started = time.monotonic()
             partitions = source.partitions(consumer, topic, kafka_timeout)
@@ -285,7 +270,7 @@ def follow(
                 batch_bytes=batch_bytes,
                 max_records=max_records,
                 kafka_timeout=kafka_timeout,
-                extra_connections=extra,
+                extra_connections=held.extra,
                 no_progress_seconds=no_progress_seconds,
             )
             report.duration_seconds = time.monotonic() - started
@@ -295,9 +280,9 @@ def follow(
                 outcome.errors = report.errors
                 outcome.ended_because = "a pass reported errors"
                 return
-            if report.lag > 0 and not (reason := _why_end(lock, until, should_stop)):
+            if report.lag > 0 and not (reason := _why_end(held.lock, until, should_stop)):
                 continue  # a capped pass: go on at once
-            while not (reason := _why_end(lock, until, should_stop)):
+            while not (reason := _why_end(held.lock, until, should_stop)):
                 time.sleep(max(0.0, min(poll_seconds, until - time.monotonic())))
                 if _has_new_records(consumer, topic, report, kafka_timeout):
                     break
@@ -305,8 +290,48 @@ def follow(
                 outcome.ended_because = reason
                 log.info("%s (v%d): follow run ends: %s", topic, version, reason)
                 return
+
+
+@dataclass(frozen=True)
+class _Held:
+    lock: hwm.WriterLock
+    extra: list[psycopg.Connection]  # the further connections to write on
+
+
+@contextmanager
+def _writer_lock(
+    conn: psycopg.Connection,
+    topic: str,
+    version: int,
+    partitions: list[int],
+    lock_wait_seconds: float,
+    lock_timeout: float,
+    more_connections: Callable[[], Sequence[psycopg.Connection]] | None,
+) -> Iterator[_Held | None]:
+    """Hold the writer lock of (topic, version) for the body; None when another pass holds it.
+
+    Partitions get their HWM rows first (-1 when new), so one added while a pass runs is
+    picked up by the next. Further connections open only once the lock is held, so a pass
+    that skips or waits holds one.
+    """
+    _prepare(conn, lock_timeout)
+    hwm.ensure_rows(conn, version, topic, partitions)
+    lock = hwm.WriterLock(conn, topic, version)
+    if not lock.acquire(lock_wait_seconds):
+        log.info(_busy(topic, version))
+        yield None
+        return
+    try:
+        extra = list(more_connections()) if more_connections else []
+        for other in extra:
+            _prepare(other, lock_timeout)
+        yield _Held(lock, extra)
     finally:
         lock.release()
+
+
+def _busy(topic: str, version: int) -> str:
+    return f"another pass is backing up {topic} version {version}; this one did nothing"
 
 
 def _why_end(lock: hwm.WriterLock, until: float, should_stop: Callable[[], bool]) -> str:

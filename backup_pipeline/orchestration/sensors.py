@@ -15,7 +15,7 @@ skips and says why; it never errors.
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,8 @@ from backup_pipeline.topics import TopicSpec
 # Each Kafka request of a tick (1 + one per partition). A broker that is down fails the
 # first request, so a tick ends after about this long, far below Dagster's 60 s limit.
 SENSOR_KAFKA_TIMEOUT = 5.0
+
+SensorOutcome = dg.SensorResult | dg.SkipReason
 
 ACTIVE = [
     dg.DagsterRunStatus.QUEUED,
@@ -282,36 +284,43 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
-def backup_sensor(spec: TopicSpec) -> dg.SensorDefinition:
+_Tick = Callable[[dg.SensorEvaluationContext, TopicSpec, BackupEngine], SensorOutcome]
+
+
+def _sensor(
+    spec: TopicSpec, name: str, job: str, tick: _Tick, description: str
+) -> dg.SensorDefinition:
     @dg.sensor(
-        name=f"{spec.table}_backup_sensor",
-        job_name=job_name(spec),
+        name=name,
+        job_name=job,
         minimum_interval_seconds=sensor_interval(),
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Keeps one run following {spec.table}'s serving version, and reports "
-        "its lag, serving version, re-ingestion progress and health checks every tick.",
+        description=description,
     )
-    def _sensor(
-        context: dg.SensorEvaluationContext, engine: BackupEngine
-    ) -> dg.SensorResult | dg.SkipReason:
-        return backup_tick(context, spec, engine)
+    def _evaluate(context: dg.SensorEvaluationContext, engine: BackupEngine) -> SensorOutcome:
+        return tick(context, spec, engine)
 
-    return _sensor
+    return _evaluate
+
+
+def backup_sensor(spec: TopicSpec) -> dg.SensorDefinition:
+    return _sensor(
+        spec,
+        f"{spec.table}_backup_sensor",
+        job_name(spec),
+        backup_tick,
+        f"Keeps one run following {spec.table}'s serving version, and reports its lag, "
+        "serving version, re-ingestion progress and health checks every tick.",
+    )
 
 
 def reingest_sensor(spec: TopicSpec) -> dg.SensorDefinition:
-    @dg.sensor(
-        name=f"{spec.table}_reingest_sensor",
-        job_name=reingest_job_name(spec),
-        minimum_interval_seconds=sensor_interval(),
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Re-ingests {spec.table} under a new BACKUP_VERSION (inside "
-        "BACKUP_BACKFILL_WINDOW). Stop this sensor and cancel its run to pause; start it "
-        "to resume from where it stopped.",
+    return _sensor(
+        spec,
+        f"{spec.table}_reingest_sensor",
+        reingest_job_name(spec),
+        lambda context, spec_, engine: reingest_tick(context, spec_, engine),
+        f"Re-ingests {spec.table} under a new BACKUP_VERSION (inside BACKUP_BACKFILL_WINDOW). "
+        "Stop this sensor and cancel its run to pause; start it to resume from where it "
+        "stopped.",
     )
-    def _sensor(
-        context: dg.SensorEvaluationContext, engine: BackupEngine
-    ) -> dg.SensorResult | dg.SkipReason:
-        return reingest_tick(context, spec, engine)
-
-    return _sensor
