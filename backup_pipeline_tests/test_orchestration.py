@@ -109,7 +109,7 @@ def test_quarantine_fails_its_check_until_acknowledged(env, producer, topic_name
 
 
 def sensor(name: str) -> dg.SensorDefinition:
-    return defs.get_sensor_def(name)
+    return defs.resolve_sensor_def(name)
 
 
 def tick(name: str, instance: dg.DagsterInstance, cursor: str | None = None):
