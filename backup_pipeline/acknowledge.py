@@ -104,20 +104,6 @@ def acknowledge_rows(
     return done
 
 
-def acknowledge(
-    conn: psycopg.Connection,
-    table: str,
-    topic: str,
-    version: int,
-    what: What,
-    by: str,
-    note: str,
-    up_to_id: int | None = None,
-) -> int:
-    """:func:`acknowledge_rows`, returning how many rows it acknowledged."""
-    return acknowledge_rows(conn, table, topic, version, what, by, note, up_to_id).count
-
-
 def unacknowledged(conn: psycopg.Connection, topic: str, version: int) -> Unacknowledged:
     row = conn.execute(
         """

@@ -6,7 +6,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from backup_pipeline.acknowledge import acknowledge, acknowledge_rows, unacknowledged
+from backup_pipeline.acknowledge import acknowledge_rows, unacknowledged
 from backup_pipeline.errors import BackupError
 
 TOPIC = "t.bekreftelser"
@@ -50,8 +50,10 @@ def test_acknowledging_quarantine_up_to_an_id_leaves_later_rows_open(db):
     assert unacknowledged(db, TOPIC, 2).quarantined == 1
     assert unacknowledged(db, "other", 1).quarantined == 1
 
-    assert acknowledge(db, "bekreftelser", TOPIC, 1, "quarantine", "ola", "the rest") == 1
-    assert acknowledge(db, "bekreftelser", TOPIC, 1, "quarantine", "ola", "again") == 0
+    assert (
+        acknowledge_rows(db, "bekreftelser", TOPIC, 1, "quarantine", "ola", "the rest").count == 1
+    )
+    assert acknowledge_rows(db, "bekreftelser", TOPIC, 1, "quarantine", "ola", "again").count == 0
     rows = db.execute(
         "SELECT acknowledged_by, acknowledged_note FROM backup_quarantine "
         "WHERE kafka_topic = %s AND version = 1 ORDER BY id",
@@ -76,9 +78,9 @@ def test_acknowledging_gaps_counts_lost_offsets_of_retention_gaps_only(db):
 def test_an_acknowledgement_needs_who_and_why(db):
     quarantine(db, 1)
     with pytest.raises(BackupError, match="--by"):
-        acknowledge(db, "bekreftelser", TOPIC, 1, "quarantine", " ", "note")
+        acknowledge_rows(db, "bekreftelser", TOPIC, 1, "quarantine", " ", "note")
     with pytest.raises(BackupError, match="--note"):
-        acknowledge(db, "bekreftelser", TOPIC, 1, "quarantine", "kari", "")
+        acknowledge_rows(db, "bekreftelser", TOPIC, 1, "quarantine", "kari", "")
     assert unacknowledged(db, TOPIC, 1).quarantined == 1
 
 
@@ -86,6 +88,8 @@ def test_acknowledge_works_inside_a_callers_transaction_too(database_url):
     with psycopg.connect(database_url) as conn:  # not autocommit
         quarantine(conn, 1)
         conn.commit()
-        assert acknowledge(conn, "bekreftelser", TOPIC, 1, "quarantine", "kari", "ok") == 1
+        assert (
+            acknowledge_rows(conn, "bekreftelser", TOPIC, 1, "quarantine", "kari", "ok").count == 1
+        )
     with psycopg.connect(database_url) as conn:
         assert unacknowledged(conn, TOPIC, 1).quarantined == 0

@@ -62,33 +62,30 @@ def run_pass(
     ``more_connections`` opens further connections to write on (writer_lanes), called once
     the lock is held, so a pass that skips or waits holds only one.
     """
-    started = time.monotonic()
-    report = PassReport(topic=topic, table=spec.table, version=version)
-    partitions = source.partitions(consumer, topic, kafka_timeout)
-    with _writer_lock(
-        conn, topic, version, partitions, lock_wait_seconds, lock_timeout, more_connections
-    ) as held:
-        if held is None:
-            report.skipped = _busy(topic, version)
-            return report
-        try:
-            _run_locked(
-                conn,
-                consumer,
-                spec,
-                topic,
-                version,
-                report,
-                partitions,
-                batch_size=batch_size,
-                batch_bytes=batch_bytes,
-                max_records=max_records,
-                kafka_timeout=kafka_timeout,
-                extra_connections=held.extra,
-                no_progress_seconds=no_progress_seconds,
-            )
-        finally:
-            report.duration_seconds = time.monotonic() - started
+    # One pass is a follow run with no time to follow: the same lock, HWM rows and read.
+    outcome = FollowOutcome()
+    reports = list(
+        follow(
+            conn,
+            consumer,
+            spec,
+            topic,
+            version,
+            outcome,
+            until=0.0,
+            batch_size=batch_size,
+            batch_bytes=batch_bytes,
+            max_records=max_records,
+            lock_wait_seconds=lock_wait_seconds,
+            kafka_timeout=kafka_timeout,
+            lock_timeout=lock_timeout,
+            more_connections=more_connections,
+            no_progress_seconds=no_progress_seconds,
+        )
+    )
+    if outcome.skipped:
+        return PassReport(topic=topic, table=spec.table, version=version, skipped=outcome.skipped)
+    (report,) = reports
     log.info(report.summary())
     return report
 
@@ -254,9 +251,10 @@ def follow(
             return
         while True:
             started = time.monotonic()
-            partitions = source.partitions(consumer, topic, kafka_timeout)
-            # A partition added while we follow gets its -1 row on the next pass.
-            hwm.ensure_rows(conn, version, topic, partitions)
+            if outcome.passes:
+                # A partition added while we follow gets its -1 row on the next pass.
+                partitions = source.partitions(consumer, topic, kafka_timeout)
+                hwm.ensure_rows(conn, version, topic, partitions)
             report = PassReport(topic=topic, table=spec.table, version=version)
             _run_locked(
                 conn,
