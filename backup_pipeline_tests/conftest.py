@@ -11,10 +11,12 @@ to mark one; `make test-fast` runs the rest (`-m "not services and not browser"`
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -65,9 +67,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def services() -> dict[str, str]:
     if not (os.environ.get("KAFKA_BROKERS") and os.environ.get("DATABASE_URL")):
-        out = subprocess.run(
-            [str(REPO / "dev" / "services"), "up"], check=True, capture_output=True, text=True
-        ).stdout
+        # pytest run alone with -n: every worker gets here; one starts the services, the
+        # others wait for the lock and find them running (`up` keeps what runs).
+        state = Path(os.environ.get("BACKUP_DEV_STATE") or REPO / ".dev")
+        state.mkdir(parents=True, exist_ok=True)
+        with (state / "services.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            out = subprocess.run(
+                [str(REPO / "dev" / "services"), "up"], check=True, capture_output=True, text=True
+            ).stdout
         for line in out.splitlines():
             name, _, value = line.removeprefix("export ").partition("=")
             os.environ[name] = value
@@ -102,6 +110,15 @@ def database_url(services: dict[str, str], template_database: str) -> Iterator[s
     """A fresh, fully migrated database of its own."""
     name = f"bp_test_{uuid.uuid4().hex[:12]}"
     admin_execute(services, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    yield with_dbname(services["DATABASE_URL"], name)
+    admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def dagster_storage_url(services: dict[str, str]) -> Iterator[str]:
+    """An empty database for a Dagster instance's storage (DAGSTER_PG_URL)."""
+    name = f"bp_dagster_{uuid.uuid4().hex[:10]}"
+    admin_execute(services, f'CREATE DATABASE "{name}"')
     yield with_dbname(services["DATABASE_URL"], name)
     admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

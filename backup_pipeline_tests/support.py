@@ -23,15 +23,16 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from backup_pipeline.backed_up import split_origin
 from backup_pipeline.demo.data import DemoRecord, awkward_record, good_record
 from backup_pipeline.migrate import migrate
 from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TOPICS, TopicSpec
-from backup_pipeline_tests.waits import wait_until
+from backup_pipeline_tests.waits import bounded, scaled, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -168,6 +169,18 @@ def hwms(conn: psycopg.Connection, topic: str, version: int = 1) -> dict[int, in
     )
 
 
+def delete_topic(admin: AdminClient, topic: str) -> None:
+    """Delete ``topic`` and wait until it has left the cluster's metadata."""
+    for future in admin.delete_topics([topic], operation_timeout=30).values():
+        future.result()
+    wait_until(
+        lambda: topic not in admin.list_topics(timeout=10).topics,
+        30,
+        f"the deleted topic {topic} to leave the metadata",
+        interval=0.2,
+    )
+
+
 def end_offsets(brokers: str, topic: str) -> dict[int, int]:
     """Per partition of ``topic``, the offset after the last committed record."""
     consumer = Consumer(
@@ -265,7 +278,9 @@ class DevServices:
         started = time.monotonic()
         os.kill(pid, sig)
         while _alive(pid):
-            assert time.monotonic() - started < timeout, f"{server} (pid {pid}) did not exit"
+            assert time.monotonic() - started < scaled(timeout), (
+                f"{server} (pid {pid}) did not exit"
+            )
             time.sleep(0.05)
         return time.monotonic() - started
 
@@ -352,7 +367,7 @@ class DagsterServer:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(60)
+                self.proc.wait(scaled(60))
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
@@ -436,3 +451,53 @@ def run_process_pid(server: DagsterServer, run_id: str) -> int | None:
         if found := re.search(r"Started process for run \(pid: (\d+)\)", message):
             return int(found[1])
     return None
+
+
+Record = tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]], int]
+
+
+def read_topic(brokers: str, topic: str) -> dict[int, list[Record]]:
+    """Every readable record per partition: (offset, key, value, headers, timestamp ms)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": brokers,
+            "group.id": f"test-read-{uuid.uuid4().hex}",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+            for p in meta.partitions
+        }
+        result: dict[int, list[Record]] = {p: [] for p in meta.partitions}
+        todo = {p for p, (low, high) in ends.items() if high > low}
+        consumer.assign([TopicPartition(topic, p, ends[p][0]) for p in todo])
+        # consume() returns early only with a full batch: short polls, one overall deadline.
+        deadline = time.monotonic() + bounded(30)
+        while todo:
+            assert time.monotonic() < deadline, f"{topic}: partitions {sorted(todo)} never ended"
+            for m in consumer.consume(500, timeout=0.1):
+                if m.error():
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        todo.discard(m.partition())
+                    continue
+                result[m.partition()].append(
+                    (m.offset(), m.key(), m.value(), list(m.headers() or []), m.timestamp()[1])
+                )
+                if m.offset() >= ends[m.partition()][1] - 1:
+                    todo.discard(m.partition())
+        return result
+    finally:
+        consumer.close()
+
+
+def without_offsets(records: dict[int, list[Record]]) -> dict[int, list[tuple[Any, ...]]]:
+    """What a restore must reproduce: per partition, in order, everything but the offset."""
+    out = {}
+    for p, recs in records.items():
+        out[p] = [(k, v, split_origin(h)[0], ts) for _, k, v, h, ts in recs]
+    return out

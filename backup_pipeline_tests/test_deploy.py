@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from backup_pipeline_tests.support import REPO, DagsterServer, free_port
-from backup_pipeline_tests.waits import wait_until
+from backup_pipeline_tests.waits import scaled, wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -61,7 +61,7 @@ def code_server(services, database_url, tmp_path) -> Iterator[int]:
         yield port
     finally:
         proc.terminate()
-        proc.wait(30)
+        proc.wait(scaled(30))
 
 
 def test_a_webserver_loads_the_location_from_the_code_server(code_server, tmp_path, services):
@@ -100,4 +100,4 @@ def test_a_webserver_loads_the_location_from_the_code_server(code_server, tmp_pa
         assert {"bekreftelse_hendelser", "bekreftelser", "bekreftelse_paa_vegne_av"} <= set(found)
     finally:
         proc.terminate()
-        proc.wait(30)
+        proc.wait(scaled(30))

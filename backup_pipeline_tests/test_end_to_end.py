@@ -5,7 +5,6 @@ change re-ingests everything while the old rows stay byte-identical."""
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,21 +17,11 @@ from backup_pipeline.topics import TOPICS
 from backup_pipeline_tests.browser import browser_page, dismiss_dialogs
 from backup_pipeline_tests.support import (
     DagsterServer,
-    admin_execute,
     good_records,
     produce,
-    with_dbname,
 )
 
 RECORDS = 40
-
-
-@pytest.fixture
-def dagster_storage_url(services) -> Iterator[str]:
-    name = f"bp_dagster_{uuid.uuid4().hex[:10]}"
-    admin_execute(services, f'CREATE DATABASE "{name}"')
-    yield with_dbname(services["DATABASE_URL"], name)
-    admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

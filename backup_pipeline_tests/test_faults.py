@@ -1,6 +1,6 @@
 """Faults production brings, injected into real services: PostgreSQL restarted or crashed
-mid-pass, the Kafka broker killed or stopped mid-pass, a Dagster run's process killed
-with SIGKILL, a lock held by someone else and a statement timeout. After each, every
+mid-pass, the Kafka broker killed or stopped mid-pass, a lock held by someone else and a
+statement timeout (a Dagster run killed with SIGKILL is in test_crash.py). After each, every
 offset is in the backup exactly once and the HWMs sit at the end offsets.
 
 These tests stop and start servers, so they run a dev/services instance of their own
@@ -39,15 +39,13 @@ from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TOPICS, TopicSpec, spec_for_table
 from backup_pipeline.topics_admin import create_topics
 from backup_pipeline_tests.support import (
-    DagsterServer,
     DevServices,
     accounted,
     end_offsets,
     hwms,
     produce_many,
-    run_events,
-    run_process_pid,
 )
+from backup_pipeline_tests.waits import bounded, scaled, wait_until
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 HENDELSER = spec_for_table("bekreftelse_hendelser")
@@ -56,6 +54,10 @@ HENDELSER = spec_for_table("bekreftelse_hendelser")
 # thousand records is read from memory even with the broker gone. A small prefetch makes
 # a small topic behave like a big backlog: the pass really needs the broker mid-way.
 SMALL_PREFETCH = {"queued.max.messages.kbytes": 256, "queued.min.messages": 100}
+
+# Under pytest-xdist (`make test`) the whole module runs on one worker, so the fault
+# services start once and no two tests stop or kill the same servers at the same time.
+pytestmark = pytest.mark.xdist_group("fault_services")
 
 
 # ------------------------------------------------------------------ services ----
@@ -139,16 +141,6 @@ def progress(target: Target, topic: str) -> int:
         return 0
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.05)
-
-
 def cli_pass(target: Target, spec: TopicSpec, **extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, **target.env(**extra)}
     env.pop("BACKUP_PIPELINE_FAILPOINT", None)
@@ -210,12 +202,12 @@ def test_postgres_restarted_mid_pass_the_pass_reconnects_and_stores_every_offset
     wait_until(lambda: progress(target, topic) >= 1000, 60, "the pass to commit batches")
     target.services.signal("postgres", signal.SIGINT)
     restart = target.services.up()
-    _out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=bounded(120))
 
     assert proc.returncode == 0, err
     assert "attempt 1 of 3 failed" in err and "lost the connection" in err, err
     assert "Traceback" not in err
-    assert restart < 15, f"PostgreSQL took {restart:.1f}s to come back"
+    assert restart < scaled(15), f"PostgreSQL took {restart:.1f}s to come back"
     assert_exactly_once(target, BEKREFTELSER, RECORDS)
 
 
@@ -228,7 +220,7 @@ def test_postgres_crash_mid_pass_fails_cleanly_and_the_next_pass_completes(targe
     proc = cli_pass(target, HENDELSER, BACKUP_BATCH_SIZE="20", BACKUP_PASS_ATTEMPTS="1")
     wait_until(lambda: progress(target, topic) >= 1000, 60, "the pass to commit batches")
     target.services.signal("postgres", signal.SIGKILL)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=bounded(60))
     target.services.up()
 
     assert proc.returncode == 2, (out, err)
@@ -242,7 +234,7 @@ def test_postgres_crash_mid_pass_fails_cleanly_and_the_next_pass_completes(targe
     assert 1000 <= done < RECORDS
 
     again = cli_pass(target, HENDELSER)
-    out, err = again.communicate(timeout=120)
+    out, err = again.communicate(timeout=bounded(120))
     assert again.returncode == 0, err
     assert_exactly_once(target, HENDELSER, RECORDS)
 
@@ -261,12 +253,12 @@ def test_kafka_killed_and_restarted_mid_pass_the_pass_waits_and_completes(target
     target.services.signal("kafka", signal.SIGKILL)
     killed_at = progress(target, topic)
     restart = target.services.up()
-    report = future.result(timeout=120)
+    report = future.result(timeout=bounded(120))
     took = time.monotonic() - started
 
     assert killed_at < RECORDS, "the pass ended before the broker was killed"
     assert report.records == RECORDS and report.lag == 0
-    assert took < 60, f"the pass took {took:.0f}s (restart {restart:.0f}s)"
+    assert took < scaled(60), f"the pass took {took:.0f}s (restart {restart:.0f}s)"
     assert_exactly_once(target, BEKREFTELSER, RECORDS)
 
 
@@ -282,7 +274,7 @@ def test_a_slow_broker_restart_within_the_no_progress_limit_the_pass_completes(t
     time.sleep(40)  # the fault itself: the broker stays away longer than 30 s
     assert not future.done(), "the pass gave up while the broker was away"
     target.services.up()
-    report = future.result(timeout=180)
+    report = future.result(timeout=bounded(180))
     assert report.records == RECORDS and report.lag == 0
     assert_exactly_once(target, BEKREFTELSER, RECORDS)
 
@@ -300,9 +292,9 @@ def test_kafka_down_longer_than_the_idle_bound_fails_the_pass_then_the_next_comp
     target.services.signal("kafka", signal.SIGTERM)
     stopped = time.monotonic()
     with pytest.raises(KafkaUnavailableError, match="no progress reading"):
-        future.result(timeout=90)
+        future.result(timeout=bounded(90))
     gave_up = time.monotonic() - stopped
-    assert gave_up < 45, f"the pass needed {gave_up:.0f}s to give up"
+    assert gave_up < scaled(45), f"the pass needed {gave_up:.0f}s to give up"
     with closing(target.connect()) as conn:
         done = sum(m + 1 for m in assert_consistent(conn, BEKREFTELSER, topic).values())
     assert 1000 <= done < RECORDS
@@ -334,7 +326,7 @@ def test_a_table_lock_held_by_someone_else_fails_the_pass_after_the_lock_timeout
         locker.execute("LOCK TABLE bekreftelser IN ACCESS EXCLUSIVE MODE")
         locked = time.monotonic()
         with pytest.raises(BackupError) as failed:
-            future.result(timeout=60)
+            future.result(timeout=bounded(60))
         waited = time.monotonic() - locked
     finally:
         locker.execute("ROLLBACK")
@@ -343,7 +335,7 @@ def test_a_table_lock_held_by_someone_else_fails_the_pass_after_the_lock_timeout
     message = str(failed.value)
     assert "refused a statement during the backup of" in message
     assert "lock timeout" in message and "rolled back" in message
-    assert waited < 10, f"the pass waited {waited:.1f}s behind the lock"
+    assert waited < scaled(10), f"the pass waited {waited:.1f}s behind the lock"
     with closing(target.connect()) as conn:
         done = sum(m + 1 for m in assert_consistent(conn, BEKREFTELSER, topic).values())
     assert 1000 <= done < RECORDS
@@ -368,7 +360,7 @@ def test_a_statement_timeout_rolls_back_the_whole_batch_and_the_next_pass_comple
         locker.execute("BEGIN")
         locker.execute("SELECT * FROM bekreftelse_hwm WHERE kafka_topic = %s FOR UPDATE", (topic,))
         with pytest.raises(BackupError) as failed:
-            future.result(timeout=60)
+            future.result(timeout=bounded(60))
         # While the lock is still held: the cancelled batch left nothing behind.
         with closing(target.connect()) as conn:
             done = sum(m + 1 for m in assert_consistent(conn, HENDELSER, topic).values())
@@ -401,72 +393,3 @@ def test_the_pass_bounds_lock_waits_by_default_and_keeps_a_lock_timeout_from_the
         finally:
             consumer.close()
     assert seen == {"default": "1min", "from_url": "1500ms"}
-
-
-# ---------------------------------------------------------------- 9: Dagster ----
-
-
-@pytest.fixture
-def dagster_server(tmp_path, target) -> Iterator[DagsterServer]:
-    storage = target.services.create_database(migrated=False)
-    env = target.env(
-        DAGSTER_PG_URL=storage,
-        BACKUP_SENSOR_INTERVAL_SECONDS="5",
-        BACKUP_BATCH_SIZE="20",
-        BACKUP_VERSION="1",
-        # Follow runs hand over to a successor every 10 s, so later runs finish.
-        BACKUP_RUN_FOLLOW_SECONDS="10",
-    )
-    server = DagsterServer(tmp_path / "dagster_home", env)
-    yield server
-    server.stop()
-
-
-def test_a_run_killed_with_sigkill_is_marked_failed_and_the_topic_recovers(target, dagster_server):
-    """SIGKILL of the process that executes a sensor-launched run, mid-pass: Dagster marks
-    the run FAILURE, the topic is free again (a retry or the next sensor tick follows it),
-    and every offset is stored exactly once."""
-    server = dagster_server
-    topic = target.topics[BEKREFTELSER.table]
-    records = 50_000
-    produce_many(target.services.brokers, topic, BEKREFTELSER, records)
-    server.start()
-    job = f"backup_{BEKREFTELSER.table}"
-
-    def started_run() -> dict[str, Any] | None:
-        return next(
-            (r for r in server.runs() if r["jobName"] == job and r["status"] == "STARTED"), None
-        )
-
-    run = server.wait_for(started_run, 180, "a sensor-launched backup run to start")
-    pid = server.wait_for(lambda: run_process_pid(server, run["runId"]), 60, "the run's pid")
-    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    assert "python" in cmdline, cmdline
-    wait_until(lambda: progress(target, topic) >= 1000, 60, "the run to commit batches")
-    os.kill(pid, signal.SIGKILL)
-    killed_at = progress(target, topic)
-    assert killed_at < records, "the run finished before it was killed"
-
-    def failed() -> list[str] | None:
-        status, messages = run_events(server, run["runId"])
-        return messages if status == "FAILURE" else None
-
-    messages = server.wait_for(failed, 90, "Dagster to mark the killed run failed")
-    assert any("signal 9" in m for m in messages), messages
-
-    def recovered() -> list[dict[str, Any]] | None:
-        later = [
-            r
-            for r in server.runs()
-            if r["jobName"] == job and r["runId"] != run["runId"] and r["status"] == "SUCCESS"
-        ]
-        with closing(target.connect()) as conn:
-            done = sum(m + 1 for m in hwms(conn, topic).values())
-        return later if later and done == records else None
-
-    later = server.wait_for(recovered, 180, "a later run to finish the backup")
-    print(
-        f"killed run {run['runId']} at {killed_at} of {records} offsets; later runs: "
-        + ", ".join(f"{r['runId']} {r['tags']}" for r in later)
-    )
-    assert_exactly_once(target, BEKREFTELSER, records)

@@ -15,15 +15,13 @@ from backup_pipeline.backup.report import PassReport
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline_tests.support import good_records, hwms, produce, stored_offsets
+from backup_pipeline_tests.waits import bounded, wait_until
 
 SPEC = spec_for_table("bekreftelser")
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
+    wait_until(condition, seconds, "the follow run's progress", interval=0.1)
 
 
 class Follower(threading.Thread):
@@ -68,7 +66,7 @@ def test_a_follow_run_stores_records_that_arrive_while_it_runs_exactly_once(
         produce(producer, topic, good_records(SPEC, 7, seed=10 + round_))
         wait_for(lambda r=round_: count(db) == 10 + 7 * (r + 1))
     stop.set()
-    follower.join(60)
+    follower.join(bounded(60))
     assert not follower.is_alive() and follower.error is None
     assert follower.outcome.ended_because == "it was asked to stop"
     assert follower.outcome.passes >= 4
@@ -91,7 +89,7 @@ def test_a_waiting_writer_takes_the_topic_over_from_a_follow_run(
     # holds it, sees the request between passes and ends.
     report = pass_.backup_topic(settings, SPEC, lock_wait_seconds=60)
     assert report.skipped is None
-    follower.join(60)
+    follower.join(bounded(60))
     assert not follower.is_alive() and follower.error is None
     assert follower.outcome.ended_because == "another writer asked for the topic"
     assert time.monotonic() - started < 30

@@ -12,6 +12,7 @@ from backup_pipeline.backup import pass_
 from backup_pipeline.migrate import VERSION_TABLE, current_revision, head_revision, migrate
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline_tests.support import make_settings
+from backup_pipeline_tests.waits import bounded
 
 # The seed's DDL, column by column: (table, column) -> (type, nullable).
 SEED_COLUMNS = {
@@ -239,7 +240,7 @@ def test_concurrent_migrators_do_not_collide(services, empty_database_url):
         )
         for _ in range(4)
     ]
-    outputs = [p.communicate(timeout=120) for p in procs]
+    outputs = [p.communicate(timeout=bounded(120)) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
     assert current_revision(make_settings(services, empty_database_url)) == head_revision()
 

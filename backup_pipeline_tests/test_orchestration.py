@@ -16,6 +16,7 @@ from backup_pipeline.orchestration.jobs import TABLE_TAG, VERSION_TAG
 from backup_pipeline.orchestration.resources import BackupEngine
 from backup_pipeline.topics import TOPICS, spec_for_table
 from backup_pipeline_tests.support import good_records, hwms, key, produce, stored_offsets
+from backup_pipeline_tests.waits import bounded, wait_until
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 HENDELSER = spec_for_table("bekreftelse_hendelser")
@@ -211,13 +212,12 @@ def test_a_follow_run_materializes_while_it_runs_and_hands_over_to_the_button(
         daemon=True,
     )
     follower.start()
-    deadline = time.monotonic() + 120
-    while len(stored_offsets(db, "bekreftelser")) < 6:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_until(
+        lambda: len(stored_offsets(db, "bekreftelser")) >= 6, 120, "the follower's first rows"
+    )
     produce(producer, topic, good_records(BEKREFTELSER, 4, seed=2))
     button = materialize("bekreftelser", instance)  # waits for the follower to hand over
-    follower.join(120)
+    follower.join(bounded(120))
     assert not follower.is_alive()
     (followed,) = results
     assert followed.success and button.success

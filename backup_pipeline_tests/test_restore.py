@@ -7,13 +7,12 @@ import random
 import subprocess
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer, TopicPartition
 
 from backup_pipeline.backed_up import ORIGIN_HEADERS, Selection, split_origin
 from backup_pipeline.backup.pass_ import backup_topic
@@ -25,59 +24,19 @@ from backup_pipeline.restore.run import RestoreRequest, restore, resume
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline.topics_admin import create_topics
 from backup_pipeline.verify.compare import verify
-from backup_pipeline_tests.support import good_records, key
+from backup_pipeline_tests.support import (
+    delete_topic,
+    good_records,
+    key,
+    read_topic,
+    without_offsets,
+)
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 HENDELSER = spec_for_table("bekreftelse_hendelser")
 # A day ago: well inside the broker's default retention (7 days), which the dev broker
 # enforces every 2 s; older records are for test_restore_target.py, which sets retention.
 BASE_MS = (int(time.time()) - 86_400) * 1000
-
-Record = tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]], int]
-
-
-def read_topic(brokers: str, topic: str) -> dict[int, list[Record]]:
-    """Every readable record per partition: (offset, key, value, headers, timestamp ms)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": brokers,
-            "group.id": f"test-read-{uuid.uuid4().hex}",
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
-            for p in meta.partitions
-        }
-        result: dict[int, list[Record]] = {p: [] for p in meta.partitions}
-        todo = {p for p, (low, high) in ends.items() if high > low}
-        consumer.assign([TopicPartition(topic, p, ends[p][0]) for p in todo])
-        while todo:
-            for m in consumer.consume(500, timeout=5):
-                if m.error():
-                    if m.error().code() == KafkaError._PARTITION_EOF:
-                        todo.discard(m.partition())
-                    continue
-                result[m.partition()].append(
-                    (m.offset(), m.key(), m.value(), list(m.headers() or []), m.timestamp()[1])
-                )
-                if m.offset() >= ends[m.partition()][1] - 1:
-                    todo.discard(m.partition())
-        return result
-    finally:
-        consumer.close()
-
-
-def without_offsets(records: dict[int, list[Record]]) -> dict[int, list[tuple[Any, ...]]]:
-    """What a restore must reproduce: per partition, in order, everything but the offset."""
-    out = {}
-    for p, recs in records.items():
-        out[p] = [(k, v, split_origin(h)[0], ts) for _, k, v, h, ts in recs]
-    return out
 
 
 def delete_all(admin: Any, brokers: str, topic: str) -> None:
@@ -507,12 +466,7 @@ def test_a_topic_restored_under_its_own_name_verifies_through_its_origin(
     original = read_topic(brokers, topic)
     backup_topic(settings, BEKREFTELSER)
     assert verify(settings, "bekreftelser").ok
-    for future in admin.delete_topics([topic], operation_timeout=30).values():
-        future.result()
-    deadline = time.monotonic() + 30
-    while topic in admin.list_topics(timeout=10).topics:
-        assert time.monotonic() < deadline, "the deleted topic never left the metadata"
-        time.sleep(0.2)
+    delete_topic(admin, topic)
     report = restore(settings, RestoreRequest("bekreftelser", target_topic=topic, force=True))
     restored = read_topic(brokers, topic)
     # Quarantined records stayed out: partition 1's one good record moved from 3 to 0.

@@ -48,7 +48,7 @@ from backup_pipeline.orchestration.resources import BackupEngine
 from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TOPICS, spec_for_table
 from backup_pipeline_tests.support import REPO, good_records, hwms, key, produce
-from backup_pipeline_tests.waits import scaled, wait_until
+from backup_pipeline_tests.waits import bounded, scaled, wait_until
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 HENDELSER = spec_for_table("bekreftelse_hendelser")
@@ -397,7 +397,7 @@ def start_cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
 
 
 def finish(process: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
-    out, err = process.communicate(timeout=120)
+    out, err = process.communicate(timeout=bounded(120))
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 

@@ -19,6 +19,7 @@ from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TOPICS, spec_for_table
 from backup_pipeline.versions import VersionLifecycle, VersionState
 from backup_pipeline_tests.support import good_records, produce, stored_offsets
+from backup_pipeline_tests.waits import bounded, scaled
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 SERVING, REINGESTING, RETIRED = (
@@ -37,7 +38,7 @@ def consumer(settings: Settings) -> Iterator[Consumer]:
 
 def snapshot(consumer: Consumer, topic: str) -> dict[int, source.Watermarks]:
     # A topic created a moment ago may not have elected its partition leaders yet.
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + scaled(30)
     while True:
         try:
             return {
@@ -179,7 +180,7 @@ def test_concurrent_reconciles_agree_on_one_serving_version(
     def call() -> None:
         try:
             with psycopg.connect(database_url, autocommit=True) as conn:
-                barrier.wait(timeout=30)
+                barrier.wait(timeout=bounded(30))
                 results.append(
                     versions.reconcile(conn, BEKREFTELSER, topic, 2, marks, caught_up_max_lag=0)
                 )
@@ -207,7 +208,7 @@ def test_concurrent_first_reconciles_on_a_fresh_database_record_one_version(
     def call(target: int | None) -> None:
         try:
             with psycopg.connect(database_url) as conn:  # not autocommit: a caller's choice
-                barrier.wait(timeout=30)
+                barrier.wait(timeout=bounded(30))
                 versions.reconcile(conn, BEKREFTELSER, topic, target, marks, caught_up_max_lag=0)
                 conn.commit()
         except BaseException as exc:  # pragma: no cover - the assertion shows it
