@@ -4,8 +4,10 @@ FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
-# Exactly the versions CI tested (hash-checked), then the project alone: nothing resolved
-# here. The dependencies get their own layer, so a code change does not reinstall them.
+# Exactly the versions CI tested (hash-checked; requirements-dev.lock has the same pins
+# plus the test tools, which stay out of the image), then the project alone: nothing
+# resolved here. The dependencies get their own layer, so a code change does not reinstall
+# them.
 COPY requirements.lock ./
 RUN pip install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./

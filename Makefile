@@ -3,9 +3,12 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Every package a fresh clone installs, exact versions with hashes (runtime, dev extras and
-# the build backend). Regenerate with `make lock`, never by hand.
+# Exact versions with hashes; regenerate with `make lock`, never by hand. LOCK is what the
+# service needs (runtime and the build backend: the Docker image installs it); DEV_LOCK is
+# the same pins plus the dev extras (pytest, ruff, mypy, playwright): what a clone and CI
+# install.
 LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
 UV_VERSION := 0.13.9
 
 .PHONY: install lock test test-fast demo lint format services-up services-down bench clean
@@ -15,22 +18,25 @@ install: $(VENV)/.installed
 # Installed again whenever the lock or the project's metadata changes. Nothing is resolved
 # here: the lock's pins (hash-checked), then the project alone. `pip check` fails when
 # pyproject.toml gained a dependency that the lock does not have yet (run `make lock`).
-$(VENV)/.installed: $(LOCK) pyproject.toml
+$(VENV)/.installed: $(DEV_LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/pip install --quiet --require-hashes -r $(DEV_LOCK)
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/pip check
 	touch $@
 
-## Re-resolve $(LOCK) from pyproject.toml: keeps existing pins where they still fit;
-## `make lock LOCK_ARGS=--upgrade` moves everything to the newest allowed versions.
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --group pyproject.toml:build \
+	--generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	--no-strip-extras --custom-compile-command "make lock" --quiet $(LOCK_ARGS)
+
+## Re-resolve both locks from pyproject.toml: keeps existing pins where they still fit;
+## `make lock LOCK_ARGS=--upgrade` moves everything to the newest allowed versions. The dev
+## lock is resolved under the runtime lock's pins, so both agree on every shared package.
 lock:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "uv==$(UV_VERSION)"
-	$(BIN)/uv pip compile pyproject.toml --extra dev --group pyproject.toml:build \
-		--generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
-		--no-strip-extras --custom-compile-command "make lock" --quiet $(LOCK_ARGS) \
-		-o $(LOCK)
+	$(UV_COMPILE) -o $(LOCK)
+	$(UV_COMPILE) --extra dev -c $(LOCK) -o $(DEV_LOCK)
 
 # Parallel test workers for `make test` (pytest-xdist). Most of the suite waits on
 # brokers, servers and deliberate outages rather than computing, so 3 workers on 2 cores
