@@ -305,6 +305,18 @@ class DevServices:
         return url
 
 
+def stop_process(proc: subprocess.Popen[Any], grace: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``grace`` (scaled) seconds: a
+    server slow to shut down on a busy machine is not what a test is about."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(scaled(grace))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def free_ports(names: tuple[str, ...]) -> dict[str, str]:
     import socket
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from backup_pipeline_tests.support import REPO, DagsterServer, free_port
-from backup_pipeline_tests.waits import scaled, wait_until
+from backup_pipeline_tests.support import REPO, DagsterServer, free_port, stop_process
+from backup_pipeline_tests.waits import wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -60,8 +60,7 @@ def code_server(services, database_url, tmp_path) -> Iterator[int]:
         wait_until(healthy, 120, "the code server to be healthy", interval=1)
         yield port
     finally:
-        proc.terminate()
-        proc.wait(scaled(30))
+        stop_process(proc)
 
 
 def test_a_webserver_loads_the_location_from_the_code_server(code_server, tmp_path, services):
@@ -99,5 +98,4 @@ def test_a_webserver_loads_the_location_from_the_code_server(code_server, tmp_pa
         )
         assert {"bekreftelse_hendelser", "bekreftelser", "bekreftelse_paa_vegne_av"} <= set(found)
     finally:
-        proc.terminate()
-        proc.wait(scaled(30))
+        stop_process(proc)
