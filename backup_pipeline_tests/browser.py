@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from playwright.sync_api import Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
+from backup_pipeline_tests.waits import scaled
+
 # As root in a closed network: no sandbox, and none of Chromium's calls home.
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -29,16 +31,24 @@ def chromium_path() -> str:
 
 @contextmanager
 def browser_page() -> Iterator[Page]:
+    """A page whose waits and actions time out after 60 s (scaled, waits.py), and which
+    skips Dagster's community dialog whenever it would block a click, however late it
+    appears (a busy machine can show it long after the page)."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
-            yield browser.new_page(viewport={"width": 1500, "height": 950})
+            page = browser.new_page(viewport={"width": 1500, "height": 950})
+            page.set_default_timeout(scaled(60) * 1000)
+            skip = page.get_by_role("button", name="Skip")
+            page.add_locator_handler(skip, lambda button: button.first.click())
+            yield page
         finally:
             browser.close()
 
 
 def dismiss_dialogs(page: Page) -> None:
-    """Dagster greets a new instance with a community dialog; skip it."""
+    """Dagster greets a new instance with a community dialog; skip it before a screenshot
+    (the page's locator handler only runs before actions)."""
     skip = page.get_by_role("button", name="Skip")
     try:
         # It appears a moment after the page: wait for it briefly, once per page load.

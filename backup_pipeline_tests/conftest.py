@@ -28,7 +28,13 @@ from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TOPICS
 from backup_pipeline.topics_admin import create_topics
 from backup_pipeline_tests import waits
-from backup_pipeline_tests.support import REPO, admin_execute, make_settings, with_dbname
+from backup_pipeline_tests.support import (
+    REPO,
+    admin_execute,
+    make_settings,
+    service_env,
+    with_dbname,
+)
 
 # Fixtures that start or reach the real services: a test whose fixture closure holds one
 # of them is in the `services` tier.
@@ -55,6 +61,10 @@ def pytest_runtest_protocol(item: pytest.Item) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        # A test's own @pytest.mark.timeout(seconds) is in idle-machine seconds too.
+        marker = item.get_closest_marker("timeout")
+        if marker and marker.args:
+            item.add_marker(pytest.mark.timeout(waits.scaled(float(marker.args[0]))), append=False)
         if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.services)
         module = getattr(item, "module", None)
@@ -121,6 +131,25 @@ def dagster_storage_url(services: dict[str, str]) -> Iterator[str]:
     admin_execute(services, f'CREATE DATABASE "{name}"')
     yield with_dbname(services["DATABASE_URL"], name)
     admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def dagster_env(
+    services: dict[str, str],
+    database_url: str,
+    topic_names: dict[str, str],
+    dagster_storage_url: str,
+) -> dict[str, str]:
+    """What a test's Dagster (support.DagsterServer) runs with: this test's database, topics
+    and Dagster storage, version 1, a sensor tick every 5 s."""
+    return service_env(
+        services,
+        database_url,
+        topic_names,
+        DAGSTER_PG_URL=dagster_storage_url,
+        BACKUP_SENSOR_INTERVAL_SECONDS="5",
+        BACKUP_VERSION="1",
+    )
 
 
 @pytest.fixture

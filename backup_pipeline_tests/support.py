@@ -53,18 +53,28 @@ def admin_execute(services: dict[str, str], statement: str) -> None:
         conn.execute(statement)
 
 
+def service_env(
+    services: dict[str, str],
+    database_url: str,
+    topic_names: dict[str, str] | None = None,
+    **extra: str,
+) -> dict[str, str]:
+    """The environment of a backup of ``topic_names`` (table -> topic) into ``database_url``."""
+    env = {"KAFKA_BROKERS": services["KAFKA_BROKERS"], "DATABASE_URL": database_url}
+    for spec in TOPICS:
+        if topic_names and spec.table in topic_names:
+            env[spec.topic_env_var] = topic_names[spec.table]
+    env.update(extra)
+    return env
+
+
 def make_settings(
     services: dict[str, str],
     database_url: str,
     topic_names: dict[str, str] | None = None,
     **extra: str,
 ) -> Settings:
-    env = {"KAFKA_BROKERS": services["KAFKA_BROKERS"], "DATABASE_URL": database_url}
-    for spec in TOPICS:
-        if topic_names and spec.table in topic_names:
-            env[spec.topic_env_var] = topic_names[spec.table]
-    env.update(extra)
-    return load_settings(env)
+    return load_settings(service_env(services, database_url, topic_names, **extra))
 
 
 def add_partitions(admin: AdminClient, topic: str, total: int) -> None:

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from backup_pipeline.demo.data import awkward_record, good_record
-from backup_pipeline.topics import TOPICS, TopicSpec, spec_for_table
+from backup_pipeline.topics import TopicSpec, spec_for_table
 from backup_pipeline_tests import support
 from backup_pipeline_tests.support import (
     DagsterServer,
@@ -117,19 +117,12 @@ def assert_exactly_once(
 
 
 @pytest.fixture
-def dagster_server(
-    tmp_path, services, database_url, topic_names, dagster_storage_url
-) -> Iterator[DagsterServer]:
+def dagster_server(tmp_path, dagster_env) -> Iterator[DagsterServer]:
     env = {
-        "KAFKA_BROKERS": services["KAFKA_BROKERS"],
-        "DATABASE_URL": database_url,
-        "DAGSTER_PG_URL": dagster_storage_url,
-        "BACKUP_SENSOR_INTERVAL_SECONDS": "5",
+        **dagster_env,
         "BACKUP_BATCH_SIZE": "20",
-        "BACKUP_VERSION": "1",
         # Follow runs hand over to a successor every 10 s, so later runs finish.
         "BACKUP_RUN_FOLLOW_SECONDS": "10",
-        **{spec.topic_env_var: topic_names[spec.table] for spec in TOPICS},
     }
     server = DagsterServer(tmp_path / "dagster_home", env)
     yield server

@@ -25,20 +25,12 @@ RECORDS = 40
 
 
 @pytest.fixture
-def server(
-    tmp_path, services, database_url, topic_names, dagster_storage_url
-) -> Iterator[DagsterServer]:
+def server(tmp_path, dagster_env) -> Iterator[DagsterServer]:
     env = {
-        "KAFKA_BROKERS": services["KAFKA_BROKERS"],
-        "DATABASE_URL": database_url,
-        "DAGSTER_PG_URL": dagster_storage_url,
-        "BACKUP_SENSOR_INTERVAL_SECONDS": "5",
+        **dagster_env,
         "BACKUP_RUN_FOLLOW_SECONDS": "20",
         "BACKUP_MATERIALIZE_EVERY_SECONDS": "1",
-        "BACKUP_VERSION": "1",
     }
-    for spec in TOPICS:
-        env[spec.topic_env_var] = topic_names[spec.table]
     server = DagsterServer(tmp_path / "dagster_home", env)
     yield server
     server.stop()
@@ -63,24 +55,24 @@ def check_the_ui_in_a_browser(server: DagsterServer, screenshot_dir: Path) -> No
         page.goto(f"{server.url}/locations/backup_pipeline/asset-groups/kafka_backup")
         dismiss_dialogs(page)
         for spec in TOPICS:
-            page.get_by_text(spec.table, exact=True).first.wait_for(timeout=60_000)
-        page.get_by_text("paw_arbeidssoker_bekreftelse_v1").first.wait_for(timeout=30_000)
+            page.get_by_text(spec.table, exact=True).first.wait_for()
+        page.get_by_text("paw_arbeidssoker_bekreftelse_v1").first.wait_for()
         page.screenshot(path=str(screenshot_dir / "ui-lineage.png"))
 
         page.goto(f"{server.url}/assets/bekreftelser")
         dismiss_dialogs(page)
         for text in ("Latest materialization", "Latest check results", "Row count"):
-            page.get_by_text(text).first.wait_for(timeout=60_000)
+            page.get_by_text(text).first.wait_for()
         assert page.get_by_text("Never materialized").count() == 0
         page.screenshot(path=str(screenshot_dir / "ui-asset-bekreftelser.png"))
 
         page.goto(f"{server.url}/assets/bekreftelser?view=checks")
         dismiss_dialogs(page)
         for name in checks.CHECKS:
-            page.get_by_text(name).first.wait_for(timeout=60_000)
-        page.get_by_text("Succeeded").nth(len(checks.CHECKS) - 1).wait_for(timeout=60_000)
+            page.get_by_text(name).first.wait_for()
+        page.get_by_text("Succeeded").nth(len(checks.CHECKS) - 1).wait_for()
         page.get_by_text(checks.LAG).first.click()
-        page.get_by_text("serving_version").first.wait_for(timeout=30_000)
+        page.get_by_text("serving_version").first.wait_for()
         page.screenshot(path=str(screenshot_dir / "ui-asset-checks.png"))
 
         # The newest event may be a materialization; open the newest sensor observation.
@@ -90,7 +82,7 @@ def check_the_ui_in_a_browser(server: DagsterServer, screenshot_dir: Path) -> No
         )
         dismiss_dialogs(page)
         for text in ("lag", "serving_version", "versions"):
-            page.get_by_text(text, exact=True).first.wait_for(timeout=60_000)
+            page.get_by_text(text, exact=True).first.wait_for()
         page.screenshot(path=str(screenshot_dir / "ui-asset-events.png"))
 
 
@@ -110,7 +102,7 @@ def screenshot_reingestion(server: DagsterServer, screenshot_dir: Path) -> None:
             f"&time={latest_observation_time(server, 'bekreftelser')}"
         )
         dismiss_dialogs(page)
-        page.get_by_text("reingest_progress", exact=True).first.wait_for(timeout=60_000)
+        page.get_by_text("reingest_progress", exact=True).first.wait_for()
         page.screenshot(path=str(screenshot_dir / "ui-reingestion.png"))
 
 
@@ -151,6 +143,9 @@ def observations(server: DagsterServer, table: str, label: str) -> list[float]:
     ]
 
 
+# The whole life of a deployment: three Dagster starts, a browser, two versions. About
+# 100-160 s on an idle machine; the default 300 s is too tight on a busy one.
+@pytest.mark.timeout(600)
 def test_sensors_back_up_every_topic_and_a_new_version_reingests(
     server, producer, topic_names, db, screenshot_dir
 ):

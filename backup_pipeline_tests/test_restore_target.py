@@ -26,6 +26,7 @@ from backup_pipeline.backed_up import Extent
 from backup_pipeline.backup.pass_ import backup_topic
 from backup_pipeline.cli.restore import restore_command
 from backup_pipeline.errors import RestoreError
+from backup_pipeline.restore import target_topic
 from backup_pipeline.restore.run import RestoreRequest, restore, resume
 from backup_pipeline.restore.target_topic import (
     KEEP_EVERY_RECORD,
@@ -188,6 +189,33 @@ def test_a_deleted_topic_restored_under_its_own_name_keeps_every_record(
     assert "source topic gone: keeps every record" in report.summary()
     wait_for_retention_checks(admin, brokers)
     assert without_offsets(read_topic(brokers, topic)) == without_offsets(original)
+
+
+def test_a_target_that_appears_between_the_look_and_the_create_is_checked_like_any_existing(
+    settings: Any, admin: AdminClient, services: dict[str, str], monkeypatch: Any
+) -> None:
+    """The restore looks for the target, then creates it; a topic created in between (or
+    one the metadata did not show yet) must not slip past the retention check."""
+    topic = settings.topic(BEKREFTELSER)
+    set_topic_configs(admin, topic, retention_ms="-1")
+    produce_old(services["KAFKA_BROKERS"], topic, 6, age_ms=30 * DAY_MS)
+    backup_topic(settings, BEKREFTELSER)
+    compacted = f"{topic}.compacted"
+    create_topics(admin, [compacted], partitions=3, config={"cleanup.policy": "compact"})
+    real_partition_count = target_topic.partition_count
+    looks: list[str] = []
+
+    def not_there_at_the_first_look(admin: AdminClient, name: str, timeout: float) -> int | None:
+        if name == compacted and not looks:
+            looks.append(name)
+            return None
+        return real_partition_count(admin, name, timeout)
+
+    monkeypatch.setattr(target_topic, "partition_count", not_there_at_the_first_look)
+    with pytest.raises(RestoreError, match=r"cleanup\.policy=compact"):
+        restore(settings, RestoreRequest("bekreftelser", target_topic=compacted, force=True))
+    assert looks == [compacted]
+    assert count_records(services["KAFKA_BROKERS"], compacted) == 0
 
 
 def test_an_existing_target_that_would_drop_restored_records_is_refused_in_one_line(

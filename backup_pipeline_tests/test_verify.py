@@ -10,7 +10,8 @@ from backup_pipeline.restore.run import RestoreRequest, restore
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline.verify.compare import verify
 from backup_pipeline.verify.digest import digest
-from backup_pipeline_tests.support import good_records, key
+from backup_pipeline_tests.support import end_offsets, good_records, key
+from backup_pipeline_tests.waits import wait_until
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 
@@ -75,6 +76,10 @@ def test_a_record_missing_from_the_topic_is_reported_extra_by_offset(
     for r in good_records(BEKREFTELSER, 3, seed=2):
         txn.produce(topic, key=r.key, value=r.value, partition=0)
     txn.commit_transaction(30)
+    # The coordinator writes the marker after commit_transaction returns: until it is in
+    # the log, the next record could take offset 3 itself.
+    brokers = services["KAFKA_BROKERS"]
+    wait_until(lambda: end_offsets(brokers, topic)[0] == 4, 30, "the commit marker at offset 3")
     producer.produce(topic, key=key(5), value=b"after the marker", partition=0)
     producer.flush(30)
     backup_topic(settings, BEKREFTELSER)

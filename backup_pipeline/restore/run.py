@@ -147,6 +147,12 @@ def restore(
             admin, request, target, source_configs, extents, timeout
         )
         created = target_topic.ensure_topic(admin, target, needed, timeout, new_config)
+        if new_config is not None and not created:
+            # Created by someone else between our look and our create (or not yet in the
+            # metadata we asked): its own configuration decides, as for any existing target.
+            described = _existing_target_config(
+                admin, target, extents, request.allow_retention_loss, timeout
+            )
         marks = target_topic.end_offsets(consumer, target, timeout)
         target_topic.check_writable(source_topic, target, marks, needed, force=request.force)
         run_id = bookkeeping.create_run(
