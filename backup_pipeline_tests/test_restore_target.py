@@ -25,7 +25,7 @@ from confluent_kafka.admin import (
 from backup_pipeline.backed_up import Extent
 from backup_pipeline.backup.pass_ import backup_topic
 from backup_pipeline.cli.restore import restore_command
-from backup_pipeline.errors import RestoreError
+from backup_pipeline.errors import KafkaUnavailableError, RestoreError
 from backup_pipeline.restore import target_topic
 from backup_pipeline.restore.run import RestoreRequest, restore, resume
 from backup_pipeline.restore.target_topic import (
@@ -43,7 +43,7 @@ from backup_pipeline_tests.support import (
     read_topic,
     without_offsets,
 )
-from backup_pipeline_tests.waits import scaled
+from backup_pipeline_tests.waits import scaled, wait_until
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 DAY_MS = 86_400_000
@@ -61,6 +61,21 @@ def set_topic_configs(admin: AdminClient, topic: str, **configs: str) -> None:
     resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=entries)
     for future in admin.incremental_alter_configs([resource]).values():
         future.result()
+    # Acknowledged by the controller, applied by the broker a moment later.
+    wanted = {entry.name: entry.value for entry in entries}
+
+    def in_force() -> bool:
+        try:
+            return wanted.items() <= own_configs(admin, topic).items()
+        except KafkaUnavailableError:  # a new topic the broker has not applied yet
+            return False
+
+    wait_until(
+        in_force,
+        30,
+        f"{topic}'s new configuration to be in force",
+        interval=0.1,
+    )
 
 
 def own_configs(admin: AdminClient, topic: str) -> dict[str, str]:

@@ -8,9 +8,9 @@ without a record, when a batch is cut and when a read stops.
 from __future__ import annotations
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from backup_pipeline.backup.source import Batch, ReadPlan, read
+from backup_pipeline.backup.source import Batch, ReadPlan, read, watermarks
 from backup_pipeline.errors import KafkaUnavailableError
 from backup_pipeline_tests.fake_consumer import FakeConsumer, Log
 
@@ -208,3 +208,36 @@ def test_a_second_read_on_the_same_consumer_reads_what_the_first_one_paused() ->
     consumer = FakeConsumer(TOPIC, {0: records(3)})
     assert offsets(read_all(consumer, {0: 0}, {0: 2})) == [0, 1]
     assert offsets(read_all(consumer, {0: 2}, {0: 3})) == [2]
+
+
+class Watermarks:
+    """get_watermark_offsets that fails with ``errors`` first, then answers (0, 10)."""
+
+    def __init__(self, *errors: int) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float = -1, cached: bool = False
+    ) -> tuple[int, int]:
+        self.calls += 1
+        if self.errors:
+            raise KafkaException(KafkaError(self.errors.pop(0)))
+        return 0, 10
+
+
+def test_a_moving_partition_leader_is_waited_out_when_reading_watermarks() -> None:
+    consumer = Watermarks(KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+    marks = watermarks(consumer, TOPIC, 0, timeout=10)
+    assert (marks.log_start, marks.end, consumer.calls) == (0, 10, 3)
+
+
+def test_other_watermark_errors_fail_at_once_and_a_lasting_move_after_the_timeout() -> None:
+    consumer = Watermarks(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    with pytest.raises(KafkaUnavailableError, match=r"cannot read offsets of t\[0\].*AUTHORIZ"):
+        watermarks(consumer, TOPIC, 0, timeout=10)
+    assert consumer.calls == 1
+    moving = Watermarks(*[KafkaError.NOT_LEADER_FOR_PARTITION] * 1000)
+    with pytest.raises(KafkaUnavailableError, match="NOT_LEADER_FOR_PARTITION"):
+        watermarks(moving, TOPIC, 0, timeout=0.5)
+    assert 1 < moving.calls < 1000

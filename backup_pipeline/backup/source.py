@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from backup_pipeline.errors import BackupError, KafkaUnavailableError
 
@@ -63,15 +64,54 @@ def partitions(consumer: Consumer, topic: str, timeout: float) -> list[int]:
     return sorted(found.partitions)
 
 
-def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float) -> Watermarks:
+# A partition's leadership is moving (a broker restarts, a new topic elects its leaders):
+# the answer comes from the next leader a moment later.
+LEADERSHIP_MOVING = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.UNKNOWN_LEADER_EPOCH,
+        KafkaError.OFFSET_NOT_AVAILABLE,
+    }
+)
+
+
+class WatermarkConsumer(Protocol):
+    def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float = ..., cached: bool = ...
+    ) -> tuple[int, int] | None: ...
+
+
+def _leadership_moving(exc: BaseException) -> bool:
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return isinstance(error, KafkaError) and error.code() in LEADERSHIP_MOVING
+
+
+def watermarks(
+    consumer: WatermarkConsumer, topic: str, partition: int, timeout: float
+) -> Watermarks:
+    """The partition's log start and end; a leadership change is waited out (up to
+    ``timeout``), any other error is ``KafkaUnavailableError`` at once."""
     try:
-        # cached=False asks the broker; with isolation.level=read_committed the high mark
-        # is the last stable offset, so an open transaction never becomes "lag to read".
-        low, high = consumer.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=timeout, cached=False
-        )
+        for attempt in Retrying(
+            retry=retry_if_exception(_leadership_moving),
+            stop=stop_after_delay(timeout),
+            wait=wait_exponential(multiplier=0.1, max=1.0),
+            reraise=True,
+        ):
+            with attempt:
+                # cached=False asks the broker; with isolation.level=read_committed the
+                # high mark is the last stable offset, so an open transaction never becomes
+                # "lag to read".
+                marks = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=timeout, cached=False
+                )
     except KafkaException as exc:
         raise KafkaUnavailableError(f"cannot read offsets of {topic}[{partition}]: {exc}") from None
+    if marks is None:
+        raise KafkaUnavailableError(f"cannot read offsets of {topic}[{partition}]: no answer")
+    low, high = marks
     return Watermarks(log_start=low, end=high)
 
 

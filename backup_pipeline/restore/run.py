@@ -125,12 +125,12 @@ def restore(
         consumer = Consumer(consumer_config(settings))
         stack.callback(consumer.close)
         admin = AdminClient(admin_config(settings))
-        needed = target_topic.partition_count(admin, source_topic, timeout)
-        source_configs = (
-            None if needed is None else target_topic.topic_configs(admin, source_topic, timeout)
-        )
-        if needed is None:
+        source = target_topic.source_configs(admin, source_topic, timeout)
+        source_configs = None if source is None else source[1]
+        if source is None:  # deleted: as many partitions as the backup knows
             needed = backed_up.known_partitions(conn, spec, source_topic, version)
+        else:
+            needed = source[0]
         if needed == 0:
             raise RestoreError(f"nothing of {source_topic} version {version} is backed up")
         extents = {

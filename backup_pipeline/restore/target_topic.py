@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, ResourceType
 
 from backup_pipeline.backed_up import Extent
@@ -48,6 +48,27 @@ def partition_count(admin: AdminClient, topic: str, timeout: float) -> int | Non
     return len(found.partitions)
 
 
+class TopicGoneError(KafkaUnavailableError):
+    """The broker does not know the topic (any more)."""
+
+
+def source_configs(
+    admin: AdminClient, topic: str, timeout: float
+) -> tuple[int, dict[str, tuple[str, bool]]] | None:
+    """The source topic's partition count and configuration, or None when it is gone.
+
+    A topic deleted a moment ago can still be in the metadata while the broker already
+    answers UNKNOWN_TOPIC_OR_PART for its configuration: that, too, is a deleted source.
+    """
+    partitions = partition_count(admin, topic, timeout)
+    if partitions is None:
+        return None
+    try:
+        return partitions, topic_configs(admin, topic, timeout)
+    except TopicGoneError:
+        return None
+
+
 def topic_configs(admin: AdminClient, topic: str, timeout: float) -> dict[str, tuple[str, bool]]:
     """Every configuration entry of ``topic``: name -> (value, set on the topic itself)."""
     resource = ConfigResource(ResourceType.TOPIC, topic)
@@ -55,6 +76,9 @@ def topic_configs(admin: AdminClient, topic: str, timeout: float) -> dict[str, t
         future = next(iter(admin.describe_configs([resource], request_timeout=timeout).values()))
         entries = future.result()
     except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError) and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise TopicGoneError(f"{topic} does not exist") from None
         serve_admin_log(admin)
         problem = f"cannot describe the configuration of {topic}: {exc}"
         raise KafkaUnavailableError(problem) from None
