@@ -4,6 +4,7 @@ a subprocess, talked to through its GraphQL API)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -315,16 +316,50 @@ class DevServices:
         return url
 
 
-def stop_process(proc: subprocess.Popen[Any], grace: float = 30) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within ``grace`` (scaled) seconds: a
-    server slow to shut down on a busy machine is not what a test is about."""
-    if proc.poll() is None:
-        proc.terminate()
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            proc.wait(scaled(grace))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            parent = int(stat.read_text().rsplit(") ", 1)[-1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float = 30, *, group: bool = False) -> None:
+    """SIGTERM ``proc`` (its process group with ``group``), SIGKILL if it has not exited
+    within ``grace`` (scaled) seconds, then SIGKILL whatever it started that outlived it:
+    Dagster's gRPC code servers run in sessions of their own and would linger for hours.
+    A server slow to shut down on a busy machine is not what a test is about."""
+    if proc.poll() is not None:
+        return
+    started = _descendants(proc.pid)
+
+    def send(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+
+    send(signal.SIGTERM)
+    try:
+        proc.wait(scaled(grace))
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        proc.wait()
+    for pid in started:
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def free_ports(names: tuple[str, ...]) -> dict[str, str]:
@@ -386,13 +421,8 @@ class DagsterServer:
         self.wait_for(lambda: self._location_loaded(), timeout, "code location to load")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(scaled(60))
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        if self.proc:
+            stop_process(self.proc, 60, group=True)
         self.proc = None
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
