@@ -420,9 +420,11 @@ class DagsterServer:
         )
         self.wait_for(lambda: self._location_loaded(), timeout, "code location to load")
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 60) -> None:
+        """Stop Dagster: runs end as they would on a redeploy; after ``grace`` seconds,
+        or at a fixture's teardown with a short one, it is killed."""
         if self.proc:
-            stop_process(self.proc, 60, group=True)
+            stop_process(self.proc, grace, group=True)
         self.proc = None
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -126,7 +126,7 @@ def dagster_server(tmp_path, dagster_env) -> Iterator[DagsterServer]:
     }
     server = DagsterServer(tmp_path / "dagster_home", env)
     yield server
-    server.stop()
+    server.stop(grace=10)  # the test is over: nothing to wait for
 
 
 def test_a_run_killed_with_sigkill_is_marked_failed_and_the_topic_recovers(

@@ -60,7 +60,7 @@ def code_server(services, database_url, tmp_path) -> Iterator[int]:
         wait_until(healthy, 120, "the code server to be healthy", interval=1)
         yield port
     finally:
-        stop_process(proc)
+        stop_process(proc, grace=10)
 
 
 def test_a_webserver_loads_the_location_from_the_code_server(code_server, tmp_path, services):
@@ -98,4 +98,4 @@ def test_a_webserver_loads_the_location_from_the_code_server(code_server, tmp_pa
         )
         assert {"bekreftelse_hendelser", "bekreftelser", "bekreftelse_paa_vegne_av"} <= set(found)
     finally:
-        stop_process(proc)
+        stop_process(proc, grace=10)

@@ -33,7 +33,7 @@ def server(tmp_path, dagster_env) -> Iterator[DagsterServer]:
     }
     server = DagsterServer(tmp_path / "dagster_home", env)
     yield server
-    server.stop()
+    server.stop(grace=10)  # the test is over: nothing to wait for
 
 
 def tag(run: dict, key: str) -> str | None:
