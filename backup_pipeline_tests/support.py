@@ -261,7 +261,7 @@ class DevServices:
             env=env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=scaled(300),
         )
         if done.returncode != 0:
             raise AssertionError(f"dev/services {command} failed:\n{done.stderr[-3000:]}")

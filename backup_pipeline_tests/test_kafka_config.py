@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaException
 from backup_pipeline.kafka_config import LIBRDKAFKA_LOGGER, RateLimitedLog, consumer_config
 from backup_pipeline.orchestration.restore_jobs import restore_job
 from backup_pipeline.settings import load_settings
+from backup_pipeline_tests.waits import bounded
 
 BIN = Path(sys.executable).parent
 
@@ -98,7 +99,7 @@ def test_an_unreachable_broker_is_one_line_on_the_terminal(
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=bounded(120),
         check=False,
     )
     output = done.stdout + done.stderr

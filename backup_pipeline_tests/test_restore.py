@@ -32,6 +32,7 @@ from backup_pipeline_tests.support import (
     read_topic,
     without_offsets,
 )
+from backup_pipeline_tests.waits import bounded
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 HENDELSER = spec_for_table("bekreftelse_hendelser")
@@ -345,7 +346,9 @@ def test_a_restore_killed_between_delivery_and_checkpoint_resumes_without_duplic
         BEKREFTELSER.topic_env_var: source_topic,
         "BACKUP_PIPELINE_FAILPOINT": "restore_before_checkpoint:1",
     }
-    done = subprocess.run([sys.executable, "-c", script], env=env, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, timeout=bounded(120), check=False
+    )
     # Killed after Kafka acknowledged 25 records, before their checkpoint was committed.
     assert done.returncode == -9
     run_id, status = db.execute("SELECT run_id, status FROM restore_runs").fetchone()

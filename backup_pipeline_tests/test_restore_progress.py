@@ -21,6 +21,7 @@ from backup_pipeline.restore.run import RestoreRequest, restore
 from backup_pipeline.topics import TOPICS, spec_for_table
 from backup_pipeline.verify.compare import verify
 from backup_pipeline_tests.support import good_records, produce
+from backup_pipeline_tests.waits import bounded
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 BIN = Path(sys.executable).parent
@@ -78,7 +79,7 @@ def run_in_terminal(args: list[str], env: dict[str, str], timeout: float = 120) 
     process = subprocess.Popen(args, env=env, stdout=follower, stderr=follower, close_fds=True)
     os.close(follower)
     chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + bounded(timeout)
     try:
         while time.monotonic() < deadline:
             ready, _, _ = select.select([leader], [], [], 0.5)
@@ -130,7 +131,7 @@ def test_a_terminal_shows_bars_and_a_pipe_shows_none(
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=bounded(120),
         check=True,
     )
     # Only the log lines and the report: no bar, no carriage returns.
