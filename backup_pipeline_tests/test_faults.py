@@ -55,11 +55,9 @@ HENDELSER = spec_for_table("bekreftelse_hendelser")
 # a small topic behave like a big backlog: the pass really needs the broker mid-way.
 SMALL_PREFETCH = {"queued.max.messages.kbytes": 256, "queued.min.messages": 100}
 
-# Under pytest-xdist (`make test`) each group runs on one worker with fault services of
-# its own (the module-scoped fixture is per worker), so no two tests stop or kill the same
-# servers at the same time; the two groups run side by side.
-KAFKA_FAULTS = pytest.mark.xdist_group("kafka_faults")
-POSTGRES_FAULTS = pytest.mark.xdist_group("postgres_faults")
+# Under pytest-xdist (`make test`) the whole module runs on one worker, so the fault
+# services start once and no two tests stop or kill the same servers at the same time.
+pytestmark = pytest.mark.xdist_group("fault_services")
 
 
 # ------------------------------------------------------------------ services ----
@@ -195,7 +193,6 @@ def in_thread(fn: Callable[[], Any]) -> Future[Any]:
 RECORDS = 30_000
 
 
-@POSTGRES_FAULTS
 def test_postgres_restarted_mid_pass_the_pass_reconnects_and_stores_every_offset_once(target):
     """A fast shutdown (SIGINT) and restart of PostgreSQL while a pass writes: the pass's
     connection is lost, the engine runs the pass again from the committed HWMs."""
@@ -214,7 +211,6 @@ def test_postgres_restarted_mid_pass_the_pass_reconnects_and_stores_every_offset
     assert_exactly_once(target, BEKREFTELSER, RECORDS)
 
 
-@POSTGRES_FAULTS
 def test_postgres_crash_mid_pass_fails_cleanly_and_the_next_pass_completes(target):
     """PostgreSQL killed with SIGKILL (crash recovery on restart) and retries disabled:
     the pass stops with one readable line, what it committed is whole, the next pass
@@ -246,7 +242,6 @@ def test_postgres_crash_mid_pass_fails_cleanly_and_the_next_pass_completes(targe
 # ------------------------------------------------------------------ 8: Kafka ----
 
 
-@KAFKA_FAULTS
 def test_kafka_killed_and_restarted_mid_pass_the_pass_waits_and_completes(target):
     """SIGKILL of the broker and a restart (~10 s): the consumer reconnects and the same
     pass reads on to the end offsets it captured."""
@@ -270,7 +265,6 @@ def test_kafka_killed_and_restarted_mid_pass_the_pass_waits_and_completes(target
     assert_exactly_once(target, BEKREFTELSER, RECORDS)
 
 
-@KAFKA_FAULTS
 def test_a_slow_broker_restart_within_the_no_progress_limit_the_pass_completes(target):
     """A restart that takes longer than the old fixed 30 s bound (a managed Kafka's rolling
     restart): with the default KAFKA_NO_PROGRESS_SECONDS (300) the pass waits it out and
@@ -288,7 +282,6 @@ def test_a_slow_broker_restart_within_the_no_progress_limit_the_pass_completes(t
     assert_exactly_once(target, BEKREFTELSER, RECORDS)
 
 
-@KAFKA_FAULTS
 def test_kafka_down_longer_than_the_idle_bound_fails_the_pass_then_the_next_completes(target):
     """The broker stopped (SIGTERM) and kept down: the pass gives up after its no-progress
     limit (30 s here) with KafkaUnavailableError instead of hanging; after the restart the
@@ -318,7 +311,6 @@ def test_kafka_down_longer_than_the_idle_bound_fails_the_pass_then_the_next_comp
 # ------------------------------------------------- 10: locks and timeouts ----
 
 
-@POSTGRES_FAULTS
 def test_a_table_lock_held_by_someone_else_fails_the_pass_after_the_lock_timeout(
     target, monkeypatch
 ):
@@ -356,7 +348,6 @@ def test_a_table_lock_held_by_someone_else_fails_the_pass_after_the_lock_timeout
     assert_exactly_once(target, BEKREFTELSER, RECORDS)
 
 
-@POSTGRES_FAULTS
 def test_a_statement_timeout_rolls_back_the_whole_batch_and_the_next_pass_completes(target):
     """statement_timeout from DATABASE_URL, and another session holding the HWM rows
     (SELECT ... FOR UPDATE): a batch COPYs its rows, then waits to move the HWM and is
@@ -387,7 +378,6 @@ def test_a_statement_timeout_rolls_back_the_whole_batch_and_the_next_pass_comple
     assert_exactly_once(target, HENDELSER, RECORDS)
 
 
-@POSTGRES_FAULTS
 def test_the_pass_bounds_lock_waits_by_default_and_keeps_a_lock_timeout_from_the_url(
     target, monkeypatch
 ):
