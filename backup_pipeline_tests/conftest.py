@@ -15,7 +15,8 @@ import fcntl
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -30,6 +31,7 @@ from backup_pipeline.topics_admin import create_topics
 from backup_pipeline_tests import waits
 from backup_pipeline_tests.support import (
     REPO,
+    DagsterServer,
     admin_execute,
     make_settings,
     service_env,
@@ -107,49 +109,61 @@ def template_database(services: dict[str, str]) -> Iterator[str]:
     admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextmanager
+def scratch_database(
+    services: dict[str, str], prefix: str, template: str | None = None
+) -> Iterator[str]:
+    """A database of its own (a copy of ``template``, if given), dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
+    admin_execute(services, f'CREATE DATABASE "{name}"{copy}')
+    try:
+        yield with_dbname(services["DATABASE_URL"], name)
+    finally:
+        admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def empty_database_url(services: dict[str, str]) -> Iterator[str]:
-    name = f"bp_test_{uuid.uuid4().hex[:12]}"
-    admin_execute(services, f'CREATE DATABASE "{name}"')
-    yield with_dbname(services["DATABASE_URL"], name)
-    admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(services, "bp_test") as url:
+        yield url
 
 
 @pytest.fixture
 def database_url(services: dict[str, str], template_database: str) -> Iterator[str]:
     """A fresh, fully migrated database of its own."""
-    name = f"bp_test_{uuid.uuid4().hex[:12]}"
-    admin_execute(services, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    yield with_dbname(services["DATABASE_URL"], name)
-    admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(services, "bp_test", template_database) as url:
+        yield url
 
 
 @pytest.fixture
-def dagster_storage_url(services: dict[str, str]) -> Iterator[str]:
-    """An empty database for a Dagster instance's storage (DAGSTER_PG_URL)."""
-    name = f"bp_dagster_{uuid.uuid4().hex[:10]}"
-    admin_execute(services, f'CREATE DATABASE "{name}"')
-    yield with_dbname(services["DATABASE_URL"], name)
-    admin_execute(services, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def new_dagster_server(
+    tmp_path: Path, services: dict[str, str], database_url: str, topic_names: dict[str, str]
+) -> Iterator[Callable[..., DagsterServer]]:
+    """Build a support.DagsterServer (started by the test) on this test's database and
+    topics, a Dagster storage database of its own, version 1, a sensor tick every 5 s, plus
+    ``extra`` settings; stopped at teardown with a short grace, as nothing waits then."""
+    servers: list[DagsterServer] = []
+    with scratch_database(services, "bp_dagster") as storage_url:
+        env = service_env(
+            services,
+            database_url,
+            topic_names,
+            DAGSTER_PG_URL=storage_url,
+            BACKUP_SENSOR_INTERVAL_SECONDS="5",
+            BACKUP_VERSION="1",
+        )
 
+        def build(**extra: str) -> DagsterServer:
+            server = DagsterServer(tmp_path / f"dagster_home_{len(servers)}", {**env, **extra})
+            servers.append(server)
+            return server
 
-@pytest.fixture
-def dagster_env(
-    services: dict[str, str],
-    database_url: str,
-    topic_names: dict[str, str],
-    dagster_storage_url: str,
-) -> dict[str, str]:
-    """What a test's Dagster (support.DagsterServer) runs with: this test's database, topics
-    and Dagster storage, version 1, a sensor tick every 5 s."""
-    return service_env(
-        services,
-        database_url,
-        topic_names,
-        DAGSTER_PG_URL=dagster_storage_url,
-        BACKUP_SENSOR_INTERVAL_SECONDS="5",
-        BACKUP_VERSION="1",
-    )
+        try:
+            yield build
+        finally:
+            for server in servers:
+                server.stop(grace=10)
 
 
 @pytest.fixture

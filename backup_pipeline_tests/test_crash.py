@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,16 +117,9 @@ def assert_exactly_once(
 
 
 @pytest.fixture
-def dagster_server(tmp_path, dagster_env) -> Iterator[DagsterServer]:
-    env = {
-        **dagster_env,
-        "BACKUP_BATCH_SIZE": "20",
-        # Follow runs hand over to a successor every 10 s, so later runs finish.
-        "BACKUP_RUN_FOLLOW_SECONDS": "10",
-    }
-    server = DagsterServer(tmp_path / "dagster_home", env)
-    yield server
-    server.stop(grace=10)  # the test is over: nothing to wait for
+def dagster_server(new_dagster_server: Callable[..., DagsterServer]) -> DagsterServer:
+    # Follow runs hand over to a successor every 10 s, so later runs finish.
+    return new_dagster_server(BACKUP_BATCH_SIZE="20", BACKUP_RUN_FOLLOW_SECONDS="10")
 
 
 def test_a_run_killed_with_sigkill_is_marked_failed_and_the_topic_recovers(

@@ -5,7 +5,7 @@ change re-ingests everything while the old rows stay byte-identical."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,15 +25,8 @@ RECORDS = 40
 
 
 @pytest.fixture
-def server(tmp_path, dagster_env) -> Iterator[DagsterServer]:
-    env = {
-        **dagster_env,
-        "BACKUP_RUN_FOLLOW_SECONDS": "20",
-        "BACKUP_MATERIALIZE_EVERY_SECONDS": "1",
-    }
-    server = DagsterServer(tmp_path / "dagster_home", env)
-    yield server
-    server.stop(grace=10)  # the test is over: nothing to wait for
+def server(new_dagster_server: Callable[..., DagsterServer]) -> DagsterServer:
+    return new_dagster_server(BACKUP_RUN_FOLLOW_SECONDS="20", BACKUP_MATERIALIZE_EVERY_SECONDS="1")
 
 
 def tag(run: dict, key: str) -> str | None:

@@ -192,11 +192,7 @@ def _target_config(
         # The new topic's effective values: the cluster's (seen on the source) + its own.
         effective = {k: v for k, (v, _) in (source_configs or {}).items()} | plan.configs
         problem = target_topic.check_retention(target, effective, extents, allow=allow)
-        described = f"created with {plan.describe()}"
-        if problem:
-            log.warning("restore into %s: %s; written anyway as asked", target, problem)
-            described += f"; WARNING: {problem}, written anyway (allow_retention_loss)"
-        return plan.configs, described
+        return plan.configs, _noted(target, f"created with {plan.describe()}", problem)
     return None, _existing_target_config(admin, target, extents, allow, timeout)
 
 
@@ -212,10 +208,17 @@ def _existing_target_config(
     problem = target_topic.check_retention(target, effective, extents, allow=allow)
     shown = ", ".join(f"{k}={effective.get(k, '?')}" for k in target_topic.KEEP_EVERY_RECORD)
     described = f"existing topic, left as it is: {shown}"
-    if problem:
-        log.warning("restore into %s: %s; written anyway as asked", target, problem)
-        return f"{described}; WARNING: {problem}, written anyway (allow_retention_loss)"
-    return f"{described} (keeps every restored record)"
+    if not problem:
+        return f"{described} (keeps every restored record)"
+    return _noted(target, described, problem)
+
+
+def _noted(target: str, described: str, problem: str | None) -> str:
+    """``described``, with the retention problem a restore was allowed to ignore (logged)."""
+    if not problem:
+        return described
+    log.warning("restore into %s: %s; written anyway as asked", target, problem)
+    return f"{described}; WARNING: {problem}, written anyway (allow_retention_loss)"
 
 
 def resume(
