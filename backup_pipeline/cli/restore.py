@@ -76,6 +76,12 @@ _DATETIME = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%
     is_flag=True,
     help="Write even where the target's retention or compaction would drop restored records.",
 )
+@click.option(
+    "--accept-new-timestamps",
+    is_flag=True,
+    help="Write into an existing LogAppendTime target, which stamps records with the "
+    "time of the restore (a new target is created with CreateTime and keeps them).",
+)
 @click.option("--resume", "resume_run", type=int, default=None, help="Carry on run RUN_ID.")
 @click.option("--max-records", type=int, default=0, help="Stop after this many (resumable).")
 @click.option("--no-migrate", is_flag=True, help="Do not apply pending migrations first.")
@@ -97,6 +103,7 @@ def restore_command(
     force: bool,
     keep_source_retention: bool,
     allow_retention_loss: bool,
+    accept_new_timestamps: bool,
     resume_run: int | None,
     max_records: int,
     no_migrate: bool,
@@ -115,6 +122,7 @@ def restore_command(
                 progress=bar,
                 max_records=max_records,
                 allow_retention_loss=allow_retention_loss,
+                accept_new_timestamps=accept_new_timestamps,
             )
         else:
             selection = Selection(
@@ -136,6 +144,7 @@ def restore_command(
                 force=force,
                 keep_source_retention=keep_source_retention,
                 allow_retention_loss=allow_retention_loss,
+                accept_new_timestamps=accept_new_timestamps,
             )
             report = restore(settings, request, progress=bar, max_records=max_records)
     click.echo(report.summary())

@@ -40,6 +40,8 @@ class RestoreConfig(dg.Config):
     keep_source_retention: bool = False
     # Write even where the target's retention or compaction would drop restored records.
     allow_retention_loss: bool = False
+    # Write into an existing LogAppendTime target (its broker stamps records anew).
+    accept_new_timestamps: bool = False
     resume_run_id: int | None = None  # carry on an interrupted restore run
 
 
@@ -85,6 +87,7 @@ def restore_topic(context: dg.OpExecutionContext, config: RestoreConfig) -> dg.O
             config.resume_run_id,
             progress=progress,
             allow_retention_loss=config.allow_retention_loss,
+            accept_new_timestamps=config.accept_new_timestamps,
         )
     else:
         request = RestoreRequest(
@@ -96,6 +99,7 @@ def restore_topic(context: dg.OpExecutionContext, config: RestoreConfig) -> dg.O
             force=config.force,
             keep_source_retention=config.keep_source_retention,
             allow_retention_loss=config.allow_retention_loss,
+            accept_new_timestamps=config.accept_new_timestamps,
         )
         # restore() logs its summary through the engine's logger, which is in the run's log.
         report = restore(settings, request, progress=progress)

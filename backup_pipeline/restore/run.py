@@ -63,6 +63,8 @@ class RestoreRequest:
     keep_source_retention: bool = False
     # Write even where the target's retention or compaction would drop restored records.
     allow_retention_loss: bool = False
+    # Write into an existing LogAppendTime target, whose broker stamps records anew.
+    accept_new_timestamps: bool = False
 
 
 @dataclass
@@ -151,7 +153,12 @@ def restore(
             # Created by someone else between our look and our create (or not yet in the
             # metadata we asked): its own configuration decides, as for any existing target.
             described = _existing_target_config(
-                admin, target, extents, request.allow_retention_loss, timeout
+                admin,
+                target,
+                extents,
+                request.allow_retention_loss,
+                timeout,
+                accept_new_timestamps=request.accept_new_timestamps,
             )
         marks = target_topic.end_offsets(consumer, target, timeout)
         target_topic.check_writable(source_topic, target, marks, needed, force=request.force)
@@ -193,7 +200,9 @@ def _target_config(
         effective = {k: v for k, (v, _) in (source_configs or {}).items()} | plan.configs
         problem = target_topic.check_retention(target, effective, extents, allow=allow)
         return plan.configs, _noted(target, f"created with {plan.describe()}", problem)
-    return None, _existing_target_config(admin, target, extents, allow, timeout)
+    return None, _existing_target_config(
+        admin, target, extents, allow, timeout, accept_new_timestamps=request.accept_new_timestamps
+    )
 
 
 def _existing_target_config(
@@ -202,14 +211,27 @@ def _existing_target_config(
     extents: dict[int, backed_up.Extent],
     allow: bool,
     timeout: float,
+    *,
+    accept_new_timestamps: bool = False,
 ) -> str:
-    """Refuse an existing target that would drop restored records; describe its config."""
+    """Refuse an existing target that would drop restored records or their timestamps;
+    describe its config."""
     effective = {k: v for k, (v, _) in target_topic.topic_configs(admin, target, timeout).items()}
+    stamped = target_topic.check_timestamps(target, effective, accept=accept_new_timestamps)
     problem = target_topic.check_retention(target, effective, extents, allow=allow)
-    shown = ", ".join(f"{k}={effective.get(k, '?')}" for k in target_topic.KEEP_EVERY_RECORD)
+    shown = ", ".join(
+        f"{k}={effective.get(k, '?')}"
+        for k in [*target_topic.KEEP_EVERY_RECORD, target_topic.TIMESTAMP_TYPE]
+    )
     described = f"existing topic, left as it is: {shown}"
+    if stamped:
+        log.warning("restore into %s: %s; written anyway as asked", target, stamped)
+        described += f"; WARNING: {stamped}, written anyway (accept_new_timestamps)"
     if not problem:
-        return f"{described} (keeps every restored record)"
+        kept = "keeps every restored record"
+        if not stamped:
+            kept += ", with its original timestamp"
+        return f"{described} ({kept})"
     return _noted(target, described, problem)
 
 
@@ -229,11 +251,12 @@ def resume(
     max_records: int = 0,
     checkpoint_every: int = 1000,
     allow_retention_loss: bool = False,
+    accept_new_timestamps: bool = False,
 ) -> RestoreReport:
     """Carry on an interrupted run with its own selection, without writing anything twice.
 
-    The target's retention is checked again against what is left to write: it may have
-    been changed since the run began.
+    The target's retention and timestamp type are checked again against what is left to
+    write: they may have been changed since the run began.
     """
     with ExitStack() as stack:
         conn = stack.enter_context(closing(db.connect(settings, autocommit=True)))
@@ -261,7 +284,12 @@ def resume(
                 if run.selection.wants(p)
             }
             described = _existing_target_config(
-                admin, run.target_topic, extents, allow_retention_loss, timeout
+                admin,
+                run.target_topic,
+                extents,
+                allow_retention_loss,
+                timeout,
+                accept_new_timestamps=accept_new_timestamps,
             )
         consumer = Consumer(consumer_config(settings))
         stack.callback(consumer.close)

@@ -28,6 +28,13 @@ RETENTION_MARGIN_MS = 3_600_000
 # Per-record overhead on disk (record header, a share of the batch header): errs high.
 RECORD_OVERHEAD_BYTES = 80
 OVERRIDE_FLAG = "--allow-retention-loss (restore_job: allow_retention_loss)"
+# A restored record keeps the timestamp it had: with LogAppendTime the broker would replace
+# it by the time of the restore. So a new target is created with CreateTime, whatever the
+# source's type (a LogAppendTime source's records carry the broker's append time, which
+# the backup stored: that is the time they keep).
+TIMESTAMP_TYPE = "message.timestamp.type"
+KEEP_TIMESTAMPS = {TIMESTAMP_TYPE: "CreateTime"}
+NEW_TIMESTAMPS_FLAG = "--accept-new-timestamps (restore_job: accept_new_timestamps)"
 
 
 def default_target(source_topic: str, now: datetime | None = None) -> str:
@@ -109,22 +116,55 @@ def new_target_config(
     """The source's own (topic-level) settings; retention set to keep every record unless
     ``keep_source_retention``. Without a source topic: keep every record."""
     if source_configs is None:
-        return TargetConfig(dict(KEEP_EVERY_RECORD), "source topic gone: keeps every record")
+        return TargetConfig(
+            KEEP_EVERY_RECORD | KEEP_TIMESTAMPS,
+            "source topic gone: keeps every record, records keep their original timestamps",
+        )
     copied = {
         name: value
         for name, (value, own) in source_configs.items()
         if own and name not in NOT_COPIED
     }
+    # Set even when the source has CreateTime: the broker's default may be LogAppendTime.
+    stamped = _timestamps_note(source_configs)
     if keep_source_retention:
         # The source's effective values, broker defaults included, so the check sees them.
         for name in KEEP_EVERY_RECORD:
             if name in source_configs:
                 copied[name] = source_configs[name][0]
-        return TargetConfig(copied, "copied from the source, its retention too")
-    copied.update(KEEP_EVERY_RECORD)
+        copied.update(KEEP_TIMESTAMPS)
+        return TargetConfig(copied, f"copied from the source, its retention too; {stamped}")
+    copied.update(KEEP_EVERY_RECORD | KEEP_TIMESTAMPS)
     return TargetConfig(
-        copied, "copied from the source, retention set to keep every restored record"
+        copied,
+        f"copied from the source, retention set to keep every restored record; {stamped}",
     )
+
+
+def _timestamps_note(source_configs: Mapping[str, tuple[str, bool]]) -> str:
+    if source_configs.get(TIMESTAMP_TYPE, ("CreateTime", False))[0] == "LogAppendTime":
+        return (
+            "records keep their original timestamps (CreateTime, although the source "
+            "has LogAppendTime)"
+        )
+    return "records keep their original timestamps"
+
+
+def check_timestamps(topic: str, configs: Mapping[str, str], *, accept: bool) -> str | None:
+    """Refuse an existing target that would stamp restored records with the time of the
+    restore (LogAppendTime); with ``accept``, return that as a problem to report."""
+    if configs.get(TIMESTAMP_TYPE) != "LogAppendTime":
+        return None
+    problem = (
+        f"{topic} has {TIMESTAMP_TYPE}=LogAppendTime: the broker would replace every "
+        "restored record's original timestamp with the time of the restore"
+    )
+    if not accept:
+        raise RestoreError(
+            f"refusing to restore: {problem}. Set {TIMESTAMP_TYPE}=CreateTime on it, restore "
+            f"into a new topic (created with CreateTime), or pass {NEW_TIMESTAMPS_FLAG}"
+        )
+    return problem
 
 
 def retention_problem(
