@@ -519,3 +519,60 @@ def test_decode_passes_killed_at_any_point_decode_every_row_exactly_once(
         ).fetchall()
     ) == {0: 2 * 159, 1: 2 * 159}
     assert SCHEMA_IDS["bekreftelser"][0] == 101
+
+
+# -------------------------------------------------------------------- Dagster ----
+
+
+def test_the_decoded_assets_report_rows_undecodables_schema_ids_and_fail_their_check(
+    db, database_url, services, monkeypatch
+):
+    import dagster as dg
+
+    from backup_pipeline.orchestration.decoded import CHECK, decoded_avro, decoded_checks
+    from backup_pipeline.orchestration.resources import BackupEngine
+
+    for name, value in {
+        "KAFKA_BROKERS": services["KAFKA_BROKERS"],
+        "DATABASE_URL": database_url,
+        "KAFKA_PAW_ARBEIDSSOKER_BEKREFTELSE_TOPIC": TOPIC["bekreftelser"],
+        "KAFKA_PAW_ARBEIDSSOKER_BEKREFTELSE_PAAVEGNEAV_TOPIC": TOPIC["bekreftelse_paa_vegne_av"],
+    }.items():
+        monkeypatch.setenv(name, value)
+    rng = random.Random(13)
+    store_raw(
+        db,
+        BEKREFTELSER,
+        [framed(101, "bekreftelse-v1.avsc", avro_record(rng, "bekreftelser")) for _ in range(4)]
+        + [b"not avro"],
+    )
+    store_raw(
+        db,
+        PAA_VEGNE_AV,
+        [framed(202, "paavegneav-v1.avsc", avro_record(rng, "bekreftelse_paa_vegne_av"))],
+    )
+
+    result = dg.materialize([decoded_avro, decoded_checks], resources={"engine": BackupEngine()})
+
+    assert result.success
+    events = {
+        m.asset_key.to_user_string(): m.metadata
+        for m in result.get_asset_materialization_events()
+        for m in [m.materialization]
+    }
+    bek = events["bekreftelser_decoded"]
+    assert bek["dagster/row_count"].value == 4
+    assert bek["undecodable"].value == 1
+    assert bek["schema_ids_seen"].value == "101"
+    assert events["bekreftelse_paa_vegne_av_decoded"]["dagster/row_count"].value == 1
+    checks = {
+        e.asset_key.to_user_string(): e.passed
+        for e in result.get_asset_check_evaluations()
+        if e.check_name == CHECK
+    }
+    assert checks == {"bekreftelser_decoded": False, "bekreftelse_paa_vegne_av_decoded": True}
+    # The lineage an analyst reads: every decoded column back to the raw data column.
+    spec = next(s for s in decoded_avro.specs if s.key.to_user_string() == "bekreftelser_decoded")
+    lineage = spec.metadata["dagster/column_lineage"].deps_by_column
+    assert [d.column_name for d in lineage["vil_fortsette_som_arbeidssoeker"]] == ["data"]
+    assert [d.asset_key.to_user_string() for d in lineage["kafka_offset"]] == ["bekreftelser"]

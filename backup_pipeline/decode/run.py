@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 
 from backup_pipeline import db
@@ -44,20 +44,19 @@ def decode_once(
     return reports
 
 
-def follow(
+def follow_iter(
     settings: Settings,
     tables: Sequence[AvroTable] = AVRO_TABLES,
     *,
     seconds: float,
     poll_seconds: float = 1.0,
-    on_reports: Callable[[list[DecodeReport]], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
-) -> list[DecodeReport]:
-    """Pass after pass for ``seconds``: new raw rows are decoded within about
-    ``poll_seconds`` of their commit. Reads only what the raw backup has committed, in its
-    own connection, so the raw backup never waits for it. Returns the totals."""
+) -> Iterator[list[DecodeReport]]:
+    """Pass after pass for ``seconds``, yielding each round's reports: new raw rows are
+    decoded within about ``poll_seconds`` of their commit. It reads only what the raw
+    backup has committed, on its own connection, and takes no lock the raw backup takes,
+    so the raw backup never waits for it."""
     resolver = make_resolver(settings)
-    totals = {t.raw_table: DecodeReport(t.raw_table) for t in tables}
     deadline = time.monotonic() + seconds
     with closing(db.connect(settings)) as conn:
         while True:
@@ -71,19 +70,34 @@ def follow(
                 )
                 for table in tables
             ]
-            for report in reports:
-                total = totals[report.table]
-                total.decoded += report.decoded
-                total.undecodable += report.undecodable
-                total.redecoded += report.redecoded
-                total.raw_rows += report.raw_rows
-                total.batches += report.batches
-                total.schema_ids |= report.schema_ids
-                for kind, n in report.by_kind.items():
-                    total.by_kind[kind] = total.by_kind.get(kind, 0) + n
-            if on_reports is not None:
-                on_reports(reports)
+            yield reports
             if time.monotonic() >= deadline or should_stop():
-                return list(totals.values())
+                return
             if not any(r.raw_rows or r.redecoded for r in reports):
                 time.sleep(poll_seconds)
+
+
+def add(total: DecodeReport, report: DecodeReport) -> None:
+    total.decoded += report.decoded
+    total.undecodable += report.undecodable
+    total.redecoded += report.redecoded
+    total.raw_rows += report.raw_rows
+    total.batches += report.batches
+    total.schema_ids |= report.schema_ids
+    for kind, n in report.by_kind.items():
+        total.by_kind[kind] = total.by_kind.get(kind, 0) + n
+
+
+def follow(
+    settings: Settings,
+    tables: Sequence[AvroTable] = AVRO_TABLES,
+    *,
+    seconds: float,
+    poll_seconds: float = 1.0,
+) -> list[DecodeReport]:
+    """``follow_iter`` to its end; the totals per table."""
+    totals = {t.raw_table: DecodeReport(t.raw_table) for t in tables}
+    for reports in follow_iter(settings, tables, seconds=seconds, poll_seconds=poll_seconds):
+        for report in reports:
+            add(totals[report.table], report)
+    return list(totals.values())
