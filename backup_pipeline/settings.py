@@ -161,6 +161,8 @@ class Settings(BaseModel):
     schema_registry_timeout_seconds: float = Field(
         default=5.0, gt=0, le=60, validation_alias="BACKUP_SCHEMA_REGISTRY_TIMEOUT_SECONDS"
     )
+    # false: the decode sensor starts no decode runs (the raw backup is unaffected either way).
+    backup_decode: bool = Field(default=True, validation_alias="BACKUP_DECODE")
     # Raw rows the decode pass reads, decodes and commits per transaction.
     decode_batch_size: int = Field(
         default=5_000, ge=1, le=1_000_000, validation_alias="BACKUP_DECODE_BATCH_SIZE"

@@ -576,3 +576,37 @@ def test_the_decoded_assets_report_rows_undecodables_schema_ids_and_fail_their_c
     lineage = spec.metadata["dagster/column_lineage"].deps_by_column
     assert [d.column_name for d in lineage["vil_fortsette_som_arbeidssoeker"]] == ["data"]
     assert [d.asset_key.to_user_string() for d in lineage["kafka_offset"]] == ["bekreftelser"]
+
+
+# ------------------------------------------------------- from Kafka, end to end ----
+
+
+def test_records_from_kafka_are_backed_up_raw_and_decoded_one_row_each(
+    settings, db, producer, topic_names
+):
+    from backup_pipeline.backup.pass_ import backup_topic
+    from backup_pipeline.decode.run import decode_once
+    from backup_pipeline.demo.data import good_record
+    from backup_pipeline.topics import spec_for_table
+    from backup_pipeline_tests.support import produce
+
+    for table in AVRO_TABLES:
+        spec = spec_for_table(table.raw_table)
+        rng = random.Random(14)
+        records = [good_record(rng, spec.value_format, spec.table) for _ in range(120)]
+        records[7] = type(records[7])(records[7].key, b"\x00\x00\x00\x03\x09garbage", [])
+        produce(producer, topic_names[spec.table], records)
+        assert backup_topic(settings, spec).records == 120
+
+    reports = {r.table: r for r in decode_once(settings)}
+
+    for table in AVRO_TABLES:
+        assert (reports[table.raw_table].decoded, reports[table.raw_table].undecodable) == (119, 1)
+        raw = db.execute(f"SELECT count(*) FROM {table.raw_table}").fetchone()[0]
+        joined = db.execute(
+            f"SELECT count(*) FROM {table.decoded_table} JOIN {table.raw_table} "
+            "USING (version, kafka_partition, kafka_offset)"
+        ).fetchone()[0]
+        assert (raw, joined) == (120, 119)
+        # Both writer versions of the demo producer were met and kept.
+        assert set(reports[table.raw_table].schema_ids) == {*SCHEMA_IDS[table.raw_table], 0x0309}

@@ -38,6 +38,8 @@ class AvroTable:
     enums: dict[str, tuple[str, ...]]
     columns: tuple[Column, ...]
     description: str
+    # Whether the record holds a union of records (read with their names to tell them apart).
+    record_union: bool = False
 
     @property
     def current_view(self) -> str:
@@ -214,6 +216,7 @@ PAA_VEGNE_AV = AvroTable(
     ),
     description="Decoded bekreftelse_paa_vegne_av (a system starts or stops confirming "
     "on a person's behalf), one row per raw row of bekreftelse_paa_vegne_av.",
+    record_union=True,
 )
 
 AVRO_TABLES: tuple[AvroTable, ...] = (BEKREFTELSER, PAA_VEGNE_AV)

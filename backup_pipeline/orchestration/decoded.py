@@ -244,9 +244,12 @@ def decode_sensor(context: dg.SensorEvaluationContext) -> dg.RunRequest | dg.Ski
     if active:
         return dg.SkipReason(f"run {active[0].run_id} is decoding")
     try:
-        follow = load_settings().backup_run_follow_seconds
+        settings = load_settings()
     except ConfigError as exc:
         return dg.SkipReason(str(exc))
+    if not settings.backup_decode:
+        return dg.SkipReason("BACKUP_DECODE is false")
+    follow = settings.backup_run_follow_seconds
     return dg.RunRequest(
         run_config={"ops": {"decoded_avro": {"config": {"follow_seconds": follow}}}}
     )
