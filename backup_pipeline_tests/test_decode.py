@@ -218,7 +218,7 @@ def test_undecodable_values_are_listed_with_reason_counted_and_checked(db, datab
 
 
 def test_an_enum_symbol_outside_the_known_ones_is_undecodable_not_mapped_to_a_default(
-    db, database_url
+    db, database_url, monkeypatch
 ):
     schema = json.loads(vendored_text("paavegneav-v1.avsc"))
     schema["fields"][1]["type"]["symbols"].append("NY_LOESNING")
@@ -238,6 +238,14 @@ def test_an_enum_symbol_outside_the_known_ones_is_undecodable_not_mapped_to_a_de
     [(_, schema_id, kind, reason, _)] = undecodable(db, PAA_VEGNE_AV)
     assert (schema_id, kind) == (300, "unknown_enum_symbol")
     assert "NY_LOESNING" in reason
+    # An ordinary pass leaves it listed; a release that knows the symbol decodes it with
+    # `decode --retry-undecodable`.
+    assert run(database_url, PAA_VEGNE_AV).redecoded == 0
+    name = "no.nav.paw.bekreftelse.paavegneav.v1.vo.Bekreftelsesloesning"
+    monkeypatch.setitem(PAA_VEGNE_AV.enums, name, (*PAA_VEGNE_AV.enums[name], "NY_LOESNING"))
+    assert run(database_url, PAA_VEGNE_AV, retry_all=True).redecoded == 1
+    [row] = decoded(db, PAA_VEGNE_AV)
+    assert row["bekreftelsesloesning"] == "NY_LOESNING"
 
 
 def test_rows_of_an_unknown_id_decode_once_a_schema_for_it_is_kept(db, database_url):

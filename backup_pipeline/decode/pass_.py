@@ -187,15 +187,29 @@ def retry_undecodable(
 ) -> None:
     """Decode the open undecodable rows that may decode now; a row that still fails keeps
     its listing with the new reason and one more attempt."""
-    waiting = conn.execute(
-        "SELECT DISTINCT schema_id FROM backup_undecodable WHERE table_name = %s "
-        "AND resolved_at IS NULL AND schema_id IS NOT NULL AND reason_kind = ANY(%s)",
-        (table.raw_table, list(WAITING_FOR_SCHEMA)),
+    # Per pass this reads only the ids of open rows (a partial index), so a pile of rows
+    # that cannot decode yet costs nothing until something changed for their id:
+    # - its schema was kept or re-attributed since the row was last tried (another row,
+    #   another process, the registry back);
+    # - it waits for the registry and the resolver's backoff says: ask again.
+    ids = conn.execute(
+        """
+        SELECT u.schema_id, bool_or(s.resolved_at > u.last_tried_at),
+               bool_or(s.schema_id IS NULL AND u.reason_kind = ANY(%s))
+        FROM backup_undecodable u LEFT JOIN backup_schemas s USING (schema_id)
+        WHERE u.table_name = %s AND u.resolved_at IS NULL AND u.schema_id IS NOT NULL
+        GROUP BY u.schema_id
+        """,
+        (list(WAITING_FOR_SCHEMA), table.raw_table),
     ).fetchall()
     conn.commit()
-    # Known now (another process, the registry back, a vendored schema) or worth asking:
-    # the resolver's backoff decides whether the registry is asked again.
-    candidates = [int(r[0]) for r in waiting if resolver.worth_trying(int(r[0]))]
+    candidates = [
+        int(schema_id)
+        for schema_id, changed, waiting in ids
+        if changed or (waiting and resolver.may_ask_registry(int(schema_id)))
+    ]
+    if not candidates and not retry_all:
+        return
     after = 0
     while True:
         rows = conn.execute(
@@ -205,22 +219,12 @@ def retry_undecodable(
                 FROM backup_undecodable u
                 JOIN {} r USING (version, kafka_partition, kafka_offset)
                 WHERE u.table_name = %s AND u.resolved_at IS NULL AND u.id > %s
-                  AND (%s OR (u.schema_id = ANY(%s) AND u.reason_kind = ANY(%s))
-                       -- the id's schema was kept or re-attributed since the last try
-                       OR EXISTS (SELECT 1 FROM backup_schemas s WHERE
-                                  s.schema_id = u.schema_id AND s.resolved_at > u.last_tried_at))
+                  AND (%s OR u.schema_id = ANY(%s))
                 ORDER BY u.id LIMIT %s
                 FOR UPDATE OF u SKIP LOCKED
                 """
             ).format(sql.Identifier(table.raw_table)),
-            (
-                table.raw_table,
-                after,
-                retry_all,
-                candidates,
-                list(WAITING_FOR_SCHEMA),
-                batch_size,
-            ),
+            (table.raw_table, after, retry_all, candidates, batch_size),
         ).fetchall()
         if not rows:
             conn.commit()

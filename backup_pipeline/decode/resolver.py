@@ -188,15 +188,11 @@ class Resolver:
                 return columns
             raise
 
-    def worth_trying(self, schema_id: int) -> bool:
-        """Whether a row waiting for this id could decode now: the id is known, or the
-        registry may be asked again. Vendored schemas do not change within a process."""
-        if schema_id in self.known:
-            return True
-        return (
-            self.registry is not None
-            and self.clock() >= self._retry_at.get(schema_id, (0.0, 0.0))[0]
-        )
+    def may_ask_registry(self, schema_id: int) -> bool:
+        """Whether a registry is configured and its backoff for this id has run out."""
+        if self.registry is None or schema_id in self.known:
+            return False
+        return self.clock() >= self._retry_at.get(schema_id, (0.0, 0.0))[0]
 
     def _from_registry(self, schema_id: int) -> WriterSchema | None:
         assert self.registry is not None
