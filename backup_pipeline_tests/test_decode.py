@@ -281,12 +281,15 @@ class FakeRegistry:
     def __init__(self, schemas: dict[int, str], user: str, password: str) -> None:
         self.schemas = schemas
         self.requests = 0
+        self.delay = threading.Event()  # set: answer only after the client gave up
         expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 outer.requests += 1
+                if outer.delay.is_set():
+                    threading.Event().wait(1.5)  # far past the client's timeout
                 if self.headers.get("Authorization") != expected:
                     return self._send(401, {"error_code": 401, "message": "Unauthorized"})
                 prefix = "/schemas/ids/"
@@ -399,6 +402,25 @@ def test_a_registry_that_is_down_leaves_rows_pending_and_they_decode_when_it_is_
     assert report.redecoded == 4
     assert len(decoded(db, BEKREFTELSER)) == 4
     assert status(db, BEKREFTELSER).open_undecodable == 0
+
+
+def test_a_slow_registry_costs_one_timeout_per_id_not_per_row(
+    db, database_url, registry, registry_schema
+):
+    value = framed(
+        42, registry_schema, dict(avro_record(random.Random(15), "bekreftelser"), fraRegistry=1)
+    )
+    store_raw(db, BEKREFTELSER, [value] * 5)
+    registry.delay.set()
+    client = RegistryClient(
+        f"http://127.0.0.1:{registry.port}", user="reg-user", password="reg-secret", timeout=0.3
+    )
+
+    report = run(database_url, BEKREFTELSER, Resolver(registry=client, clock=Clock()))
+
+    assert (report.decoded, report.undecodable, report.raw_rows) == (0, 5, 5)
+    assert registry.requests == 1
+    assert {k for _, _, k, _, _ in undecodable(db, BEKREFTELSER)} == {"schema_pending"}
 
 
 def test_a_registry_answering_nonsense_leaves_the_id_pending(db, database_url, registry):
