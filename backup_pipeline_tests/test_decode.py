@@ -643,3 +643,46 @@ def test_records_from_kafka_are_backed_up_raw_and_decoded_one_row_each(
         assert (raw, joined) == (120, 119)
         # Both writer versions of the demo producer were met and kept.
         assert set(reports[table.raw_table].schema_ids) == {*SCHEMA_IDS[table.raw_table], 0x0309}
+
+
+def test_a_decode_follow_run_decodes_rows_that_arrive_while_it_runs_and_judges_its_check(
+    db, database_url, services, monkeypatch
+):
+    import dagster as dg
+
+    from backup_pipeline.orchestration.decoded import CHECK, decoded_avro
+    from backup_pipeline.orchestration.resources import BackupEngine
+
+    for name, value in {
+        "KAFKA_BROKERS": services["KAFKA_BROKERS"],
+        "DATABASE_URL": database_url,
+        "KAFKA_PAW_ARBEIDSSOKER_BEKREFTELSE_TOPIC": TOPIC["bekreftelser"],
+        "KAFKA_PAW_ARBEIDSSOKER_BEKREFTELSE_PAAVEGNEAV_TOPIC": TOPIC["bekreftelse_paa_vegne_av"],
+        "BACKUP_FOLLOW_POLL_SECONDS": "0.2",
+    }.items():
+        monkeypatch.setenv(name, value)
+    rng = random.Random(16)
+    store_raw(db, BEKREFTELSER, [b"junk"])
+
+    def later() -> None:
+        # Raw rows committed while the run follows: it must pick them up.
+        threading.Event().wait(1.0)
+        values = [framed(101, "bekreftelse-v1.avsc", avro_record(rng, "bekreftelser"))] * 3
+        store_raw(db, BEKREFTELSER, values, first_offset=100)
+
+    writer = threading.Thread(target=later)
+    writer.start()
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [decoded_avro],
+            resources={"engine": BackupEngine()},
+            instance=instance,
+            run_config={"ops": {"decoded_avro": {"config": {"follow_seconds": 4.0}}}},
+        )
+        writer.join()
+        assert result.success
+        key = dg.AssetCheckKey(dg.AssetKey("bekreftelser_decoded"), CHECK)
+        latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])
+        evaluation = latest[key].event.asset_check_evaluation
+        assert evaluation is not None and evaluation.passed is False  # the junk row
+    assert len(decoded(db, BEKREFTELSER)) == 3
