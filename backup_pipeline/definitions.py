@@ -3,6 +3,7 @@
 import dagster as dg
 
 from backup_pipeline.orchestration.acknowledge_job import acknowledge_job
+from backup_pipeline.orchestration.decoded import decoded_definitions
 from backup_pipeline.orchestration.resources import BackupEngine
 from backup_pipeline.orchestration.restore_jobs import restore_job, verify_job, verify_schedule
 from backup_pipeline.orchestration.retention import purge_old_runs_job, purge_schedule
@@ -11,6 +12,7 @@ from backup_pipeline.topics import TOPICS
 
 defs = dg.Definitions.merge(
     *(topic_definitions(spec) for spec in TOPICS),
+    decoded_definitions(),
     dg.Definitions(
         jobs=[purge_old_runs_job, restore_job, verify_job, acknowledge_job],
         schedules=[purge_schedule, verify_schedule],

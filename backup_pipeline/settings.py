@@ -147,6 +147,27 @@ class Settings(BaseModel):
         default=300.0, ge=0, validation_alias="BACKUP_LAG_ALERT_SECONDS"
     )
 
+    # Confluent schema registry of the Avro topics (NAIS injects these three). Empty = no
+    # registry: schema ids are resolved from the vendored writer schemas (decode/schemas/).
+    # TLS as Kafka's: the registry's certificate is checked against KAFKA_CA_PATH if set.
+    kafka_schema_registry: str = Field(default="", validation_alias="KAFKA_SCHEMA_REGISTRY")
+    kafka_schema_registry_user: str | None = Field(
+        default=None, validation_alias="KAFKA_SCHEMA_REGISTRY_USER"
+    )
+    kafka_schema_registry_password: SecretStr | None = Field(
+        default=None, validation_alias="KAFKA_SCHEMA_REGISTRY_PASSWORD"
+    )
+    # Longest one registry request may take; the decode pass (never the raw backup) waits.
+    schema_registry_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=60, validation_alias="BACKUP_SCHEMA_REGISTRY_TIMEOUT_SECONDS"
+    )
+    # false: the decode sensor starts no decode runs (the raw backup is unaffected either way).
+    backup_decode: bool = Field(default=True, validation_alias="BACKUP_DECODE")
+    # Raw rows the decode pass reads, decodes and commits per transaction.
+    decode_batch_size: int = Field(
+        default=5_000, ge=1, le=1_000_000, validation_alias="BACKUP_DECODE_BATCH_SIZE"
+    )
+
     topic_names: dict[str, str] = Field(default_factory=dict, exclude=True)
 
     @field_validator("kafka_brokers")

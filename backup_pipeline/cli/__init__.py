@@ -9,6 +9,7 @@ import click
 
 from backup_pipeline.cli.acknowledge import acknowledge_command
 from backup_pipeline.cli.backup import backup_command, migrate_command, status_command
+from backup_pipeline.cli.decode import decode_command
 from backup_pipeline.cli.demo import create_topics_command, demo_producer_command
 from backup_pipeline.cli.restore import restore_command, verify_command
 
@@ -31,5 +32,6 @@ for command in (
     demo_producer_command,
     restore_command,
     verify_command,
+    decode_command,
 ):
     main.add_command(command)

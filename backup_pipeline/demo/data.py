@@ -5,12 +5,18 @@ Used by the demo producer, the tests and the benchmark, so all three see the sam
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import struct
 import uuid
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
+from fastavro import parse_schema, schemaless_writer
+
+from backup_pipeline.decode.decoder import vendored_text
 from backup_pipeline.topics import ValueFormat
 
 EVENT_TYPES = (
@@ -25,7 +31,6 @@ EVENT_TYPES = (
     "bekreftelse.ba_om_aa_avslutte_periode",
     "bekreftelse.paa_vegne_av_startet",
 )
-SCHEMA_IDS = {"bekreftelser": 101, "bekreftelse_paa_vegne_av": 202}
 
 
 @dataclass(frozen=True)
@@ -93,46 +98,76 @@ def event_value(rng: random.Random, person: int | None = None) -> bytes:
     return text.replace('"__INSTANT__"', rendered).encode()
 
 
-def _zigzag(n: int) -> bytes:
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n & ~0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+# Confluent schema ids the demo writes with, per table: (current writer, older writer).
+SCHEMA_IDS = {"bekreftelser": (101, 100), "bekreftelse_paa_vegne_av": (202, 201)}
+_WRITERS = {
+    "bekreftelser": ("bekreftelse-v1.avsc", "bekreftelse-pre-2025-03-07.avsc"),
+    "bekreftelse_paa_vegne_av": ("paavegneav-v1.avsc", "paavegneav-pre-2025-03-26.avsc"),
+}
+_LOESNINGER = (
+    "UKJENT_VERDI",
+    "ARBEIDSSOEKERREGISTERET",
+    "DAGPENGER",
+    "FRISKMELDT_TIL_ARBEIDSFORMIDLING",
+)
 
 
-def _avro_string(text: str) -> bytes:
-    data = text.encode()
-    return _zigzag(len(data)) + data
+@cache
+def _parsed(name: str) -> Any:
+    return parse_schema(json.loads(vendored_text(name)))
 
 
-def avro_value(rng: random.Random, table: str) -> bytes:
-    """Confluent framing (0x00, 4-byte schema id) around an Avro binary body."""
-    header = b"\x00" + struct.pack(">I", SCHEMA_IDS.get(table, 1))
+def avro_record(rng: random.Random, table: str, *, old: bool = False) -> dict[str, Any]:
+    """A record as the producer's writer schema (current, or the older one) holds it."""
     if table == "bekreftelse_paa_vegne_av":
-        body = (
-            _avro_string(_uuid(rng))
-            + _zigzag(rng.randrange(0, 3))
-            + _zigzag(rng.randrange(0, 2))
-            + _zigzag(rng.randrange(0, 10**12))
+        start = rng.random() < 0.5
+        stopp: dict[str, Any] = {} if old else {"fristBrutt": rng.random() < 0.2}
+        handling: Any = (
+            (
+                "no.nav.paw.bekreftelse.paavegneav.v1.vo.Start",
+                {"intervalMS": 14 * 86_400_000, "graceMS": 7 * 86_400_000},
+            )
+            if start
+            else ("no.nav.paw.bekreftelse.paavegneav.v1.vo.Stopp", stopp)
         )
-    else:
-        body = (
-            _avro_string(_uuid(rng))
-            + _avro_string("paw-arbeidssoekerregisteret")
-            + _avro_string(_uuid(rng))
-            + _zigzag(rng.randrange(10**12, 2 * 10**12))
-            + _avro_string("SLUTTBRUKER")
-            + _avro_string(str(rng.randrange(10**10, 10**11)))
-            + _avro_string("nav-bekreftelse-frontend")
-            + _avro_string("Bruker svarte")
-            + _zigzag(1_735_689_600_000)
-            + _zigzag(1_736_899_200_000)
-            + bytes([rng.randrange(2), rng.randrange(2)])
-        )
-    return header + body
+        return {
+            "periodeId": _uuid(rng),
+            "bekreftelsesloesning": rng.choice(_LOESNINGER),
+            "handling": handling,
+        }
+    fra = 1_735_689_600_000 + rng.randrange(0, 60) * 86_400_000
+    bruker: dict[str, Any] = {"type": "SLUTTBRUKER", "id": str(rng.randrange(10**10, 10**11))}
+    if not old:
+        bruker["sikkerhetsnivaa"] = rng.choice(["tokenx:Level4", "idporten-loa-high", None])
+    return {
+        "periodeId": _uuid(rng),
+        "bekreftelsesloesning": rng.choice(_LOESNINGER),
+        "id": _uuid(rng),
+        "svar": {
+            "sendtInnAv": {
+                "tidspunkt": fra + 14 * 86_400_000 + rng.randrange(0, 86_400_000),
+                "utfoertAv": bruker,
+                "kilde": "nav-bekreftelse-frontend",
+                "aarsak": "Bruker sendte inn bekreftelse",
+            },
+            "gjelderFra": fra,
+            "gjelderTil": fra + 14 * 86_400_000,
+            "harJobbetIDennePerioden": rng.random() < 0.3,
+            "vilFortsetteSomArbeidssoeker": rng.random() < 0.8,
+        },
+    }
+
+
+def avro_value(rng: random.Random, table: str, *, old: bool | None = None) -> bytes:
+    """Confluent framing (0x00, 4-byte schema id) around a real Avro body, written with the
+    current writer schema or (about one in ten, or ``old``) the older one."""
+    if old is None:
+        old = rng.random() < 0.1
+    writer = _WRITERS[table][1 if old else 0]
+    buf = io.BytesIO()
+    buf.write(b"\x00" + struct.pack(">I", SCHEMA_IDS[table][1 if old else 0]))
+    schemaless_writer(buf, _parsed(writer), avro_record(rng, table, old=old))
+    return buf.getvalue()
 
 
 def good_record(rng: random.Random, value_format: ValueFormat, table: str) -> DemoRecord:
