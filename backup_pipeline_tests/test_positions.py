@@ -303,3 +303,53 @@ def test_history_is_thinned_to_one_position_per_hour(settings: Any, db: Any) -> 
     # Hours 0 and 1 keep their last row; hour 2 (not older than the cut) keeps all six.
     assert kept == [50, 110, 120, 130, 140, 150, 160, 170]
     assert deleted == 10
+
+
+def test_the_sensor_records_and_the_restore_job_applies_with_the_plan_in_its_log(
+    settings: Any,
+    services: dict[str, str],
+    admin: Any,
+    db: Any,
+    database_url: str,
+    monkeypatch: Any,
+) -> None:
+    import dagster as dg
+
+    from backup_pipeline.orchestration.positions import positions_sensor
+    from backup_pipeline.orchestration.restore_jobs import restore_job
+
+    brokers = services["KAFKA_BROKERS"]
+    topic, group, unread = prepared(settings, services, admin)
+    for name, value in {
+        "KAFKA_BROKERS": brokers,
+        "DATABASE_URL": database_url,
+        BEKREFTELSER.topic_env_var: topic,
+    }.items():
+        monkeypatch.setenv(name, value)
+    # The sensor's tick records (here: confirms) positions and requests no run.
+    with dg.build_sensor_context() as context:
+        tick = positions_sensor(context)
+    assert isinstance(tick, dg.SkipReason)
+    # Other tests' groups on the shared broker are read too; only this one reads the topic.
+    assert (tick.skip_message or "").startswith("3 positions of ")
+    assert "(0 changed" in (tick.skip_message or "")
+    delete_topic(admin, topic)
+    config = {
+        "table": "bekreftelser",
+        "target_topic": topic,
+        "force": True,
+        "consumer_groups": [group],
+        "apply_positions": True,
+    }
+    instance = dg.DagsterInstance.ephemeral()
+    result = restore_job.execute_in_process(
+        run_config={"ops": {"restore_topic": {"config": config}}}, instance=instance
+    )
+    assert result.success
+    (event,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    metadata = event.event_specific_data.metadata
+    assert metadata["positions_committed"].value == 3
+    assert "p0: old offset 16 -> new offset 14, 6 still to read" in metadata["positions_plan"].value
+    logs = [e.message for e in instance.all_logs(result.run_id)]
+    assert any("p1: old offset 4 -> new offset 0, 6 still to read" in m for m in logs)
+    assert resume_reading(brokers, group, topic) == unread
