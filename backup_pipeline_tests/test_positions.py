@@ -353,3 +353,25 @@ def test_the_sensor_records_and_the_restore_job_applies_with_the_plan_in_its_log
     logs = [e.message for e in instance.all_logs(result.run_id)]
     assert any("p1: old offset 4 -> new offset 0, 6 still to read" in m for m in logs)
     assert resume_reading(brokers, group, topic) == unread
+
+
+def test_in_place_a_group_resumes_on_the_restored_copies_after_its_records_were_deleted(
+    settings: Any, services: dict[str, str], admin: Any
+) -> None:
+    """The topic survives, its records were deleted (delete-records to the end), the
+    restore writes them back after the old end: the same group's old offsets move there."""
+    brokers = services["KAFKA_BROKERS"]
+    topic, group, unread = prepared(settings, services, admin)
+    ends = end_offsets(brokers, topic)
+    for future in admin.delete_records(
+        [TopicPartition(topic, p, e) for p, e in ends.items()]
+    ).values():
+        future.result()
+    report = restore(settings, RestoreRequest("bekreftelser", target_topic=topic, force=True))
+    assert report.status == "completed" and not report.created_topic
+    planned = positions.plan(settings, report.run_id, [group])
+    moves = {m.partition: m for m in planned.groups[0].moves}
+    assert (moves[0].old_offset, moves[0].new_offset) == (16, ends[0] + 14)
+    assert (moves[3].old_offset, moves[3].new_offset, moves[3].to_read) == (7, ends[3] + 7, 0)
+    assert positions.apply(settings, planned) == 3
+    assert resume_reading(brokers, group, topic) == unread

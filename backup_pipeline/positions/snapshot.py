@@ -3,8 +3,8 @@
 One pass per tick: one ListGroups request, then one OffsetFetch per wanted group, all
 sent at once (librdkafka takes one group per OffsetFetch request) and awaited together.
 A row is written only where a group's offset or state changed; otherwise the latest row's
-``last_seen_at`` moves on. Nothing is written for a topic a restore wrote into: its
-committed offsets are in that restore's numbering, not the backup's.
+``last_seen_at`` moves on. Nothing is written for a version a restore wrote back into
+its own topic: committed offsets there are in that restore's numbering, not the backup's.
 """
 
 from __future__ import annotations
@@ -100,11 +100,13 @@ def take_snapshot(
 
 
 def _versions_by_topic(conn: psycopg.Connection, topics: list[str]) -> dict[str, list[int]]:
-    """Versions being backed up per topic; none for a topic a restore wrote into."""
+    """Versions being backed up per topic, but not a version a restore wrote back into
+    its topic: offsets committed there are in the restore's numbering. (A new version,
+    backing up the re-created topic from offset 0, is in the topic's numbering again.)"""
     rows = conn.execute(
-        "SELECT kafka_topic, version FROM backup_versions WHERE state <> 'retired' "
-        "AND kafka_topic = ANY(%s) AND kafka_topic NOT IN "
-        "(SELECT target_topic FROM restore_runs) ORDER BY 1, 2",
+        "SELECT kafka_topic, version FROM backup_versions b WHERE state <> 'retired' "
+        "AND kafka_topic = ANY(%s) AND NOT EXISTS (SELECT 1 FROM restore_runs r "
+        "WHERE r.target_topic = b.kafka_topic AND r.version = b.version) ORDER BY 1, 2",
         (topics,),
     ).fetchall()
     out: dict[str, list[int]] = {}
