@@ -4,6 +4,7 @@ import dagster as dg
 
 from backup_pipeline.orchestration.acknowledge_job import acknowledge_job
 from backup_pipeline.orchestration.decoded import decoded_definitions
+from backup_pipeline.orchestration.positions import positions_sensor
 from backup_pipeline.orchestration.resources import BackupEngine
 from backup_pipeline.orchestration.restore_jobs import restore_job, verify_job, verify_schedule
 from backup_pipeline.orchestration.retention import purge_old_runs_job, purge_schedule
@@ -16,6 +17,7 @@ defs = dg.Definitions.merge(
     dg.Definitions(
         jobs=[purge_old_runs_job, restore_job, verify_job, acknowledge_job],
         schedules=[purge_schedule, verify_schedule],
+        sensors=[positions_sensor],
         resources={"engine": BackupEngine()},
         # The Materialize button's run (__ASSET_JOB) runs in-process like the sensors' runs: a
         # subprocess per step costs seconds and buys nothing for one asset.

@@ -146,6 +146,22 @@ class Settings(BaseModel):
     backup_lag_alert_seconds: float = Field(
         default=300.0, ge=0, validation_alias="BACKUP_LAG_ALERT_SECONDS"
     )
+    # Consumer-group positions (positions/): how often the committed offsets of the groups
+    # reading the backed-up topics are recorded (a restore can then use a position at most
+    # this old), which groups (comma-separated fnmatch patterns; empty allow = every group),
+    # and how long every recorded change is kept before thinning to one per hour.
+    backup_positions_interval_seconds: int = Field(
+        default=30, ge=5, le=3600, validation_alias="BACKUP_POSITIONS_INTERVAL_SECONDS"
+    )
+    backup_consumer_groups_allow: str = Field(
+        default="", validation_alias="BACKUP_CONSUMER_GROUPS_ALLOW"
+    )
+    backup_consumer_groups_deny: str = Field(
+        default="", validation_alias="BACKUP_CONSUMER_GROUPS_DENY"
+    )
+    backup_positions_full_history_hours: int = Field(
+        default=24, ge=1, validation_alias="BACKUP_POSITIONS_FULL_HISTORY_HOURS"
+    )
 
     # Confluent schema registry of the Avro topics (NAIS injects these three). Empty = no
     # registry: schema ids are resolved from the vendored writer schemas (decode/schemas/).

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import sys
+import time
+from contextlib import closing
 from datetime import UTC, datetime
 
 import click
 
+from backup_pipeline import db
 from backup_pipeline.backed_up import Selection
 from backup_pipeline.cli.common import echo_versions, friendly_errors, maybe_migrate
+from backup_pipeline.positions import plan as positions
 from backup_pipeline.progress import TerminalProgress
+from backup_pipeline.restore import bookkeeping
 from backup_pipeline.restore.run import RestoreReport, RestoreRequest, restore, resume
-from backup_pipeline.settings import load_settings
+from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TABLES
 from backup_pipeline.verify.compare import verify
 
@@ -83,6 +88,14 @@ _DATETIME = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%
     "time of the restore (a new target is created with CreateTime and keeps them).",
 )
 @click.option("--resume", "resume_run", type=int, default=None, help="Carry on run RUN_ID.")
+@click.option(
+    "--consumer-groups",
+    default=None,
+    help="all|G1,G2: translate these groups' recorded positions into the target and print "
+    "the plan (after the restore completes; with --resume of a completed run: only that).",
+)
+@click.option("--as-of", default=None, help="Positions as of this time (ISO-8601, naive = UTC).")
+@click.option("--apply", "apply_positions", is_flag=True, help="Commit the positions' plan.")
 @click.option("--max-records", type=int, default=0, help="Stop after this many (resumable).")
 @click.option("--no-migrate", is_flag=True, help="Do not apply pending migrations first.")
 @friendly_errors
@@ -105,12 +118,26 @@ def restore_command(
     allow_retention_loss: bool,
     accept_new_timestamps: bool,
     resume_run: int | None,
+    consumer_groups: str | None,
+    as_of: str | None,
+    apply_positions: bool,
     max_records: int,
     no_migrate: bool,
 ) -> None:
     """Write backed-up records back to Kafka: same partition, key, value, headers, time."""
     if resume_run is None and not (table or source_topic):
         raise click.UsageError("give --table or --topic (or --resume RUN_ID)")
+    if (as_of or apply_positions) and not consumer_groups:
+        raise click.UsageError("--as-of and --apply go with --consumer-groups")
+    # Bad input fails before anything is written.
+    groups = positions.parse_groups(consumer_groups) if consumer_groups else None
+    as_of_time = positions.parse_time(as_of) if as_of else None
+    if resume_run is not None and consumer_groups and _completed(resume_run):
+        # Nothing left to restore: only the positions (their plan, or its commit).
+        _positions(
+            load_settings(), resume_run, groups, as_of_time, consumer_groups, apply_positions
+        )
+        return
     with TerminalProgress("restore") as bar:
         settings = load_settings()
         maybe_migrate(settings, no_migrate)
@@ -151,6 +178,41 @@ def restore_command(
     echo_versions(settings, report.source_table)
     if report.status != "completed":
         click.echo(f"resume with: backup-pipeline restore --resume {report.run_id}")
+        if consumer_groups:
+            click.echo("consumer-group positions not planned: the restore is not complete")
+        return
+    if consumer_groups:
+        _positions(settings, report.run_id, groups, as_of_time, consumer_groups, apply_positions)
+
+
+def _completed(run_id: int) -> bool:
+    with closing(db.connect(load_settings(), autocommit=True)) as conn:
+        run = bookkeeping.load_run(conn, run_id)
+    return run is not None and run.status == "completed"
+
+
+def _positions(
+    settings: Settings,
+    run_id: int,
+    groups: list[str] | None,
+    as_of: datetime | None,
+    asked: str,
+    apply: bool,
+) -> None:
+    planned = positions.plan(settings, run_id, groups, as_of)
+    click.echo(planned.text())
+    if not apply:
+        again = f"backup-pipeline restore --resume {run_id} --consumer-groups {asked}"
+        if as_of is not None:
+            again += f" --as-of {as_of.isoformat()}"
+        click.echo(f"dry run: nothing committed; to commit: {again} --apply")
+        return
+    started = time.monotonic()
+    count = positions.apply(settings, planned)
+    click.echo(
+        f"committed {count} partition positions of {len(planned.groups)} groups on "
+        f"{planned.target_topic} in {time.monotonic() - started:.2f}s"
+    )
 
 
 @click.command("verify")
@@ -163,6 +225,13 @@ def restore_command(
 @click.option("--partition", "partitions", type=int, multiple=True, help="Only these.")
 @click.option("--sample", type=int, default=0, help="Check N random offsets per partition.")
 @click.option("--seed", type=int, default=None, help="Random seed for --sample.")
+@click.option(
+    "--consumer-groups",
+    default=None,
+    help="all|G1,G2: also check each group's committed position on --against against its "
+    "translated snapshot (the last completed restore run into that topic).",
+)
+@click.option("--as-of", default=None, help="The snapshot time positions were applied as of.")
 @friendly_errors
 def verify_command(
     table: str | None,
@@ -172,6 +241,8 @@ def verify_command(
     partitions: tuple[int, ...],
     sample: int,
     seed: int | None,
+    consumer_groups: str | None,
+    as_of: str | None,
 ) -> None:
     """Compare the backup with a topic (the live one or a restored one), per offset."""
     if not (table or source_topic):
@@ -191,5 +262,22 @@ def verify_command(
         )
     click.echo(report.summary())
     echo_versions(settings, report.table)
-    if not report.ok:
+    groups_ok = True
+    if consumer_groups:
+        groups_ok = _check_positions(settings, report.topic, consumer_groups, as_of)
+    if not (report.ok and groups_ok):
         sys.exit(1)
+
+
+def _check_positions(settings: Settings, topic: str, asked: str, as_of: str | None) -> bool:
+    run_id = positions.latest_run_into(settings, topic)
+    planned = positions.plan(
+        settings,
+        run_id,
+        positions.parse_groups(asked),
+        positions.parse_time(as_of) if as_of else None,
+    )
+    checks = positions.check(settings, planned)
+    for c in checks:
+        click.echo(f"group {c.group} on {topic}: {'OK' if c.ok else 'DIFFERS'}: {c.detail}")
+    return all(c.ok for c in checks)

@@ -6,6 +6,7 @@ import dagster as dg
 
 from backup_pipeline.backed_up import Selection
 from backup_pipeline.orchestration.assets import topic_asset_key
+from backup_pipeline.positions import plan as positions
 from backup_pipeline.progress import LogProgress
 from backup_pipeline.restore.run import RestoreReport, RestoreRequest, restore, resume
 from backup_pipeline.settings import env_setting, load_settings
@@ -43,6 +44,12 @@ class RestoreConfig(dg.Config):
     # Write into an existing LogAppendTime target (its broker stamps records anew).
     accept_new_timestamps: bool = False
     resume_run_id: int | None = None  # carry on an interrupted restore run
+    # Consumer-group positions once the restore completes: ["all"] or group names; as of
+    # the latest snapshot or as_of (ISO-8601, naive = UTC); committed only with
+    # apply_positions (the plan is in the run's log and metadata either way).
+    consumer_groups: list[str] | None = None
+    as_of: str | None = None
+    apply_positions: bool = False
 
 
 def _selection(config: RestoreConfig) -> Selection:
@@ -103,7 +110,27 @@ def restore_topic(context: dg.OpExecutionContext, config: RestoreConfig) -> dg.O
         )
         # restore() logs its summary through the engine's logger, which is in the run's log.
         report = restore(settings, request, progress=progress)
-    return dg.Output(report.restored, metadata=_metadata(report))
+    metadata = _metadata(report)
+    if config.consumer_groups and report.status == "completed":
+        metadata.update(_positions(context, config, report.run_id))
+    return dg.Output(report.restored, metadata=metadata)
+
+
+def _positions(
+    context: dg.OpExecutionContext, config: RestoreConfig, run_id: int
+) -> dict[str, dg.MetadataValue]:
+    settings = load_settings()
+    groups = positions.parse_groups(",".join(config.consumer_groups or []))
+    as_of = positions.parse_time(config.as_of) if config.as_of else None
+    planned = positions.plan(settings, run_id, groups, as_of)
+    context.log.info(planned.text())
+    committed = positions.apply(settings, planned) if config.apply_positions else 0
+    if config.apply_positions:
+        context.log.info(f"committed {committed} partition positions on {planned.target_topic}")
+    return {
+        "positions_plan": dg.MetadataValue.md(f"```\n{planned.text()}\n```"),
+        "positions_committed": dg.MetadataValue.int(committed),
+    }
 
 
 @dg.job(
