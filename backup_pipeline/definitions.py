@@ -3,6 +3,7 @@
 import dagster as dg
 
 from backup_pipeline.orchestration.acknowledge_job import acknowledge_job
+from backup_pipeline.orchestration.analyst_views import analyst_view_assets
 from backup_pipeline.orchestration.resources import BackupEngine
 from backup_pipeline.orchestration.restore_jobs import restore_job, verify_job, verify_schedule
 from backup_pipeline.orchestration.retention import purge_old_runs_job, purge_schedule
@@ -12,6 +13,7 @@ from backup_pipeline.topics import TOPICS
 defs = dg.Definitions.merge(
     *(topic_definitions(spec) for spec in TOPICS),
     dg.Definitions(
+        assets=analyst_view_assets,
         jobs=[purge_old_runs_job, restore_job, verify_job, acknowledge_job],
         schedules=[purge_schedule, verify_schedule],
         resources={"engine": BackupEngine()},

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import psycopg
+from psycopg import sql
+
 # The event types known when the view was written (shared/DATA.md); the view's
 # ``known_event_type`` is false for any other.
 KNOWN_EVENT_TYPES = (
@@ -207,3 +210,37 @@ def comment_statements(view: TypedView) -> list[str]:
             for c in view.columns
         )
     return statements
+
+
+@dataclass(frozen=True)
+class ViewSummary:
+    """What an analyst finds in the serving version of a typed view."""
+
+    serving_version: int | None
+    rows: int
+    unparsed_rows: int  # rows with a value that did not parse (listed, with NULL there)
+    unknown_type_rows: int  # rows of an event type the view does not know
+    by_type: dict[str, int]
+
+
+def summarize(conn: psycopg.Connection, view: TypedView) -> ViewSummary:
+    """One pass over the serving version's rows (a scan: asked on demand, not per batch)."""
+    serving = conn.execute(
+        "SELECT version FROM backup_versions WHERE table_name = %s AND state = 'serving'",
+        (view.raw_table,),
+    ).fetchone()
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT coalesce(hendelse_type, '(none)'), count(*),"
+            " count(*) FILTER (WHERE cardinality(unparsed_fields) > 0),"
+            " count(*) FILTER (WHERE NOT known_event_type)"
+            " FROM {} GROUP BY 1 ORDER BY 2 DESC, 1"
+        ).format(sql.Identifier(view.current))
+    ).fetchall()
+    return ViewSummary(
+        serving_version=None if serving is None else int(serving[0]),
+        rows=sum(int(r[1]) for r in rows),
+        unparsed_rows=sum(int(r[2]) for r in rows),
+        unknown_type_rows=sum(int(r[3]) for r in rows),
+        by_type={str(r[0]): int(r[1]) for r in rows},
+    )
