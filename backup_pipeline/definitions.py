@@ -3,6 +3,7 @@
 import dagster as dg
 
 from backup_pipeline.orchestration.acknowledge_job import acknowledge_job
+from backup_pipeline.orchestration.analyst_views import analyst_view_assets
 from backup_pipeline.orchestration.decoded import decoded_definitions
 from backup_pipeline.orchestration.positions import positions_sensor
 from backup_pipeline.orchestration.resources import BackupEngine
@@ -15,6 +16,7 @@ defs = dg.Definitions.merge(
     *(topic_definitions(spec) for spec in TOPICS),
     decoded_definitions(),
     dg.Definitions(
+        assets=analyst_view_assets,
         jobs=[purge_old_runs_job, restore_job, verify_job, acknowledge_job],
         schedules=[purge_schedule, verify_schedule],
         sensors=[positions_sensor],

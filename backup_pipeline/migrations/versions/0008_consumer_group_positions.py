@@ -1,7 +1,7 @@
 """Consumer-group positions: the committed offsets of the groups that read each topic.
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0007
 
 - consumer_group_positions: per backup version, topic, group and partition, a history of
   the group's committed offset and the group's state. A row is written when the offset or
@@ -18,7 +18,7 @@ Only a new table: nothing the backup writes is touched.
 from alembic import op
 
 revision = "0008"
-down_revision = "0005"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
