@@ -4,6 +4,7 @@ typed, a time window or a set of ids, read in chunks through a server-side curso
 from __future__ import annotations
 
 import json
+import random
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,9 @@ import pytest
 
 from backup_pipeline import analysts
 from backup_pipeline.analysts import Readable
+from backup_pipeline.decode.catalog import BEKREFTELSER, PAA_VEGNE_AV
+from backup_pipeline.demo.data import avro_record
+from backup_pipeline_tests.test_decode import framed, run, store_raw
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
 PERIODS = [uuid.UUID(int=i + 1) for i in range(4)]
@@ -192,3 +196,34 @@ def test_pandas_is_imported_by_the_analysts_module_only():
         if re.search(r"^\s*(import pandas|from pandas)", path.read_text(), re.MULTILINE)
     )
     assert importers == ["analysts.py"]
+
+
+def test_the_decoded_avro_tables_read_as_frames_with_typed_columns(db, database_url):
+    """The registry's decoded entries against the real decoded tables (migration 0006),
+    filled by a real decode pass: a window on the record's own time, and one on the raw
+    table's Kafka timestamp for the table that has no time of its own."""
+    rng = random.Random(7)
+    confirmations = [avro_record(rng, "bekreftelser") for _ in range(4)]
+    store_raw(db, BEKREFTELSER, [framed(101, "bekreftelse-v1.avsc", r) for r in confirmations])
+    on_behalf = [avro_record(rng, "bekreftelse_paa_vegne_av") for _ in range(3)]
+    store_raw(db, PAA_VEGNE_AV, [framed(202, "paavegneav-v1.avsc", r) for r in on_behalf])
+    db.execute("UPDATE bekreftelse_paa_vegne_av SET kafka_timestamp = %s", (T0,))
+    for table in (BEKREFTELSER, PAA_VEGNE_AV):
+        run(database_url, table)
+        serve(db, table.raw_table, 1, {})
+
+    frame = analysts.read_frame(db, "bekreftelser_decoded", start=datetime(2000, 1, 1, tzinfo=UTC))
+    assert len(frame) == 4
+    dtypes = frame.dtypes.astype(str).to_dict()
+    assert dtypes["svar_sendt_inn_av_tidspunkt"] == "datetime64[us, UTC]"
+    assert dtypes["vil_fortsette_som_arbeidssoeker"] == "boolean"
+    assert list(frame["vil_fortsette_som_arbeidssoeker"]) == [
+        r["svar"]["vilFortsetteSomArbeidssoeker"] for r in confirmations
+    ]
+
+    frame = analysts.read_frame(
+        db, "bekreftelse_paa_vegne_av_decoded", start=T0, end=T0 + timedelta(seconds=1)
+    )
+    assert len(frame) == 3
+    assert set(frame["handling"]) <= {"Start", "Stopp"}
+    assert str(frame["kafka_timestamp"].dtype) == "datetime64[us, UTC]"
