@@ -18,19 +18,10 @@ from fastavro import parse_schema, schemaless_writer
 
 from backup_pipeline.decode.decoder import vendored_text
 from backup_pipeline.topics import ValueFormat
+from backup_pipeline.typed_views import KNOWN_EVENT_TYPES
 
-EVENT_TYPES = (
-    "bekreftelse.tilgjengelig",
-    "bekreftelse.melding_mottatt",
-    "bekreftelse.leveringsfrist_utloept",
-    "bekreftelse.register_grace_periode_gjenstaaende_tid",
-    "bekreftelse.register_grace_periode_utloept",
-    "bekreftelse.register_grace_periode_utloept_etter_ekstern_innsamling",
-    "bekreftelse.ekstern_grace_periode_utloept",
-    "bekreftelse.periode_avsluttet",
-    "bekreftelse.ba_om_aa_avslutte_periode",
-    "bekreftelse.paa_vegne_av_startet",
-)
+# The demo produces every event type the typed view knows.
+EVENT_TYPES = KNOWN_EVENT_TYPES
 
 
 @dataclass(frozen=True)
