@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 import urllib.request
+import uuid
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -14,15 +19,21 @@ from prometheus_client.parser import text_string_to_metric_families
 from backup_pipeline.cli import main
 from backup_pipeline.demo.data import DemoRecord
 from backup_pipeline.metrics import server
+from backup_pipeline.metrics.readings import PartitionReading
 from backup_pipeline.topics import spec_for_table
+from backup_pipeline_tests.conftest import scratch_database
 from backup_pipeline_tests.support import (
+    REPO,
     end_offsets,
+    free_port,
     good_records,
     hwms,
+    make_settings,
     produce,
     service_env,
+    stop_process,
 )
-from backup_pipeline_tests.waits import bounded
+from backup_pipeline_tests.waits import bounded, scaled, wait_until
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 
@@ -162,3 +173,160 @@ def test_a_scrape_reports_exact_offsets_lag_and_counts_and_follows_the_next_pass
         assert sum(rows.values()) == 49
         quarantined = per_partition(samples, "backup_pipeline_quarantined_records", "bekreftelser")
         assert quarantined == {0: 1, 1: 1, 2: 1}
+
+
+def test_a_scrape_with_kafka_unreachable_returns_within_its_time_with_the_error_shown(
+    services, settings, topic_names, producer: Producer, database_url: str
+):
+    topic = topic_names["bekreftelser"]
+    produce(producer, topic, good_records(BEKREFTELSER, 12))
+    env = service_env(services, database_url, topic_names)
+    assert CliRunner().invoke(main, ["backup", "--table", "bekreftelser"], env=env).exit_code == 0
+    # Nothing listens there: every Kafka request waits for its timeout.
+    unreachable = make_settings(
+        {**services, "KAFKA_BROKERS": f"127.0.0.1:{free_port()}"},
+        database_url,
+        topic_names,
+        KAFKA_TIMEOUT_SECONDS="3",
+        BACKUP_METRICS_SCRAPE_TIMEOUT_SECONDS="2",
+    )
+    with server.start(unreachable, "127.0.0.1", 0)[0] as running:
+        url = f"http://127.0.0.1:{running.port}/metrics"
+        for scrapes in (1, 2):
+            started = time.monotonic()
+            samples = scrape(url)
+            took = time.monotonic() - started
+            # Bounded by BACKUP_METRICS_SCRAPE_TIMEOUT_SECONDS, not by 3 s per partition.
+            assert took < 2 + scaled(2), took
+            assert one(samples, "backup_pipeline_up", source="kafka") == 0
+            assert one(samples, "backup_pipeline_up", source="postgres") == 1
+            assert one(samples, "backup_pipeline_scrape_errors_total", source="kafka") == scrapes
+            # What PostgreSQL knows is still reported; what only Kafka knows is left out.
+            assert (
+                sum(
+                    per_partition(
+                        samples, "backup_pipeline_rows_stored_total", "bekreftelser"
+                    ).values()
+                )
+                == 12
+            )
+            assert per_partition(samples, "backup_pipeline_hwm_offset", "bekreftelser")
+            assert per_partition(samples, "backup_pipeline_lag_records", "bekreftelser") == {}
+            assert per_partition(samples, "backup_pipeline_end_offset", "bekreftelser") == {}
+
+
+def test_a_scrape_with_postgresql_unreachable_says_so_and_asks_nothing_else(services, topic_names):
+    down = make_settings(
+        services,
+        f"postgresql://backup:secret-pw@127.0.0.1:{free_port()}/backup",
+        topic_names,
+        BACKUP_METRICS_SCRAPE_TIMEOUT_SECONDS="2",
+    )
+    with server.start(down, "127.0.0.1", 0)[0] as running:
+        url = f"http://127.0.0.1:{running.port}/metrics"
+        with urllib.request.urlopen(url, timeout=bounded(30)) as response:
+            text = response.read().decode()
+    assert 'backup_pipeline_up{source="postgres"} 0.0' in text
+    assert 'backup_pipeline_scrape_errors_total{source="postgres"} 1.0' in text
+    assert "backup_pipeline_hwm_offset{" not in text
+    assert "secret-pw" not in text
+
+
+def test_failed_runs_are_counted_per_table_and_version_from_dagster_run_storage(
+    services, database_url, topic_names, producer: Producer, tmp_path
+):
+    import dagster as dg
+
+    topic = topic_names["bekreftelser"]
+    produce(producer, topic, good_records(BEKREFTELSER, 6))
+    env = service_env(services, database_url, topic_names)
+    # Every table, so the two others have HWMs (and metrics) too.
+    assert CliRunner().invoke(main, ["backup"], env=env).exit_code == 0
+    with scratch_database(services, "bp_dagster") as storage_url:
+        overrides = {"storage": {"postgres": {"postgres_url": storage_url}}}
+        with dg.instance_for_test(overrides=overrides, temp_dir=str(tmp_path)) as instance:
+            runs = [
+                ("bekreftelser", "1", dg.DagsterRunStatus.FAILURE),
+                ("bekreftelser", "1", dg.DagsterRunStatus.FAILURE),
+                ("bekreftelser", "1", dg.DagsterRunStatus.SUCCESS),
+                ("bekreftelser", "2", dg.DagsterRunStatus.FAILURE),
+                ("bekreftelse_hendelser", "1", dg.DagsterRunStatus.CANCELED),
+            ]
+            for table, version, status in runs:
+                instance.add_run(
+                    dg.DagsterRun(
+                        job_name=f"backup_{table}",
+                        run_id=str(uuid.uuid4()),
+                        status=status,
+                        tags={"backup_pipeline/table": table, "backup_pipeline/version": version},
+                    )
+                )
+        port = free_port()
+        proc = subprocess.Popen(
+            [str(REPO / ".venv" / "bin" / "backup-pipeline"), "metrics", "--host", "127.0.0.1"],
+            env={
+                **os.environ,
+                **env,
+                "DAGSTER_PG_URL": storage_url,
+                "BACKUP_METRICS_PORT": str(port),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}/metrics"
+            samples = wait_until(lambda: _try_scrape(url), 60, "the metrics command to serve")
+            assert (
+                one(samples, "backup_pipeline_runs_failed", table="bekreftelser", version="1") == 2
+            )
+            assert (
+                one(samples, "backup_pipeline_runs_failed", table="bekreftelser", version="2") == 1
+            )
+            # A table with no failed run reports 0, so an alert can compare.
+            zero = one(
+                samples, "backup_pipeline_runs_failed", table="bekreftelse_hendelser", version="1"
+            )
+            assert zero == 0
+            assert one(samples, "backup_pipeline_up", source="dagster") == 1
+            proc.send_signal(signal.SIGTERM)
+            output, _ = proc.communicate(timeout=bounded(30))
+            assert proc.returncode == 0, output
+            text = output.decode()
+            assert f"serving metrics on http://127.0.0.1:{port}/metrics" in text
+            assert "backup:backup" not in text
+        finally:
+            stop_process(proc)
+
+
+def _try_scrape(url: str) -> Samples | None:
+    try:
+        return scrape(url)
+    except OSError:
+        return None
+
+
+def test_lag_in_seconds_is_zero_when_caught_up_and_the_newest_stored_records_age_otherwise():
+    stored_at = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    part = PartitionReading(
+        table="bekreftelser",
+        topic="t",
+        version=1,
+        state="serving",
+        partition=0,
+        hwm=9,
+        rows_stored=10,
+        quarantined=0,
+        gaps=0,
+        lost=0,
+        last_stored_at=stored_at,
+        log_start=0,
+        end_offset=10,
+    )
+    now = stored_at.timestamp() + 600
+    assert part.lag == 0 and part.lag_seconds(now) == 0
+    behind = PartitionReading(**{**part.__dict__, "end_offset": 15})
+    assert behind.lag == 5 and behind.lag_seconds(now) == 600
+    unknown = PartitionReading(**{**part.__dict__, "end_offset": None, "log_start": None})
+    assert unknown.lag is None and unknown.lag_seconds(now) is None
+    never = PartitionReading(**{**behind.__dict__, "hwm": None, "last_stored_at": None})
+    assert never.lag == 15 and never.lag_seconds(now) is None
