@@ -24,6 +24,7 @@ from backup_pipeline.topics import spec_for_table
 from backup_pipeline_tests.conftest import scratch_database
 from backup_pipeline_tests.support import (
     REPO,
+    delete_topic,
     end_offsets,
     free_port,
     good_records,
@@ -213,6 +214,23 @@ def test_a_scrape_with_kafka_unreachable_returns_within_its_time_with_the_error_
             assert per_partition(samples, "backup_pipeline_hwm_offset", "bekreftelser")
             assert per_partition(samples, "backup_pipeline_lag_records", "bekreftelser") == {}
             assert per_partition(samples, "backup_pipeline_end_offset", "bekreftelser") == {}
+
+
+def test_a_deleted_topic_is_reported_as_a_kafka_error_without_hiding_the_other_topics(
+    services, settings, topic_names, producer: Producer, database_url: str, admin
+):
+    produce(producer, topic_names["bekreftelser"], good_records(BEKREFTELSER, 5))
+    env = service_env(services, database_url, topic_names)
+    assert CliRunner().invoke(main, ["backup"], env=env).exit_code == 0
+    delete_topic(admin, topic_names["bekreftelse_hendelser"])
+    with server.start(settings, "127.0.0.1", 0)[0] as running:
+        samples = scrape(f"http://127.0.0.1:{running.port}/metrics")
+    assert one(samples, "backup_pipeline_up", source="kafka") == 0
+    assert per_partition(samples, "backup_pipeline_end_offset", "bekreftelse_hendelser") == {}
+    assert per_partition(samples, "backup_pipeline_hwm_offset", "bekreftelse_hendelser")
+    ends = end_offsets(services["KAFKA_BROKERS"], topic_names["bekreftelser"])
+    assert per_partition(samples, "backup_pipeline_end_offset", "bekreftelser") == ends
+    assert per_partition(samples, "backup_pipeline_end_offset", "bekreftelse_paa_vegne_av")
 
 
 def test_a_scrape_with_postgresql_unreachable_says_so_and_asks_nothing_else(services, topic_names):

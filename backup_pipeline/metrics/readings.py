@@ -27,7 +27,7 @@ from psycopg import sql
 
 from backup_pipeline import db
 from backup_pipeline.backup import source
-from backup_pipeline.errors import BackupError
+from backup_pipeline.errors import BackupError, KafkaUnavailableError
 from backup_pipeline.settings import Settings
 from backup_pipeline.status import PartitionStatus
 from backup_pipeline.topics import TopicSpec
@@ -302,20 +302,27 @@ class Reader:
             # PostgreSQL did not answer: there is nothing to set the offsets beside, and
             # the scrape's time may be gone already.
             return
-        problem: str | None = None
+        problems: list[str] = []
+        unreachable = False
         for spec in self._specs:
             known = by_table.get(spec.table, [])
             marks: dict[int, source.Watermarks] = {}
-            if problem is None and known:
+            if known and not unreachable:
                 try:
                     marks = self._marks(self._settings.topic(spec), deadline)
+                except (KafkaUnavailableError, _OutOfTime) as exc:
+                    # Kafka (or the scrape's time) is gone: asking about the next topic
+                    # would only wait again.
+                    problems.append(str(exc))
+                    unreachable = True
                 except BackupError as exc:
-                    problem = str(exc)
+                    # This topic alone (deleted, say): the others are still worth asking.
+                    problems.append(str(exc))
             reading.partitions.extend(_joined(known, marks))
-        reading.up["kafka"] = problem is None
-        if problem is not None:
-            reading.errors["kafka"] = problem
-            log.warning("metrics: Kafka: %s", problem)
+        reading.up["kafka"] = not problems
+        if problems:
+            reading.errors["kafka"] = "; ".join(problems)
+            log.warning("metrics: Kafka: %s", reading.errors["kafka"])
 
     def _marks(self, topic: str, deadline: float | None) -> dict[int, source.Watermarks]:
         consumer = self._kafka()
@@ -325,7 +332,7 @@ class Reader:
             if remaining is None:
                 return self._settings.kafka_timeout_seconds
             if remaining <= 0:
-                raise BackupError(f"no time left in this scrape for {topic}'s offsets")
+                raise _OutOfTime(f"no time left in this scrape for {topic}'s offsets")
             return min(remaining, self._settings.kafka_timeout_seconds)
 
         return {
@@ -360,6 +367,10 @@ class Reader:
         for table, version, count in rows:
             if table in tables and str(version).isdigit():
                 reading.runs_failed[(table, int(version))] = int(count)
+
+
+class _OutOfTime(BackupError):
+    """The scrape's deadline passed before Kafka was asked."""
 
 
 def _joined(
