@@ -173,14 +173,13 @@ class Reader:
     def warm_up(self) -> Reading:
         """A first reading without the scrape's time bound, so the first full count of a
         big table happens once at start, not in a scrape that would time out on it."""
-        return self.read(timeout=None)
+        return self.read(bounded=False)
 
-    def read(self, timeout: float | None = -1.0) -> Reading:
-        """``timeout``: seconds for the whole reading (-1: BACKUP_METRICS_SCRAPE_TIMEOUT_SECONDS,
-        None: unbounded). Each source that fails or runs out is reported, never raised."""
-        budget = self._timeout if timeout == -1.0 else timeout
+    def read(self, *, bounded: bool = True) -> Reading:
+        """One reading, all of it within BACKUP_METRICS_SCRAPE_TIMEOUT_SECONDS when
+        ``bounded``. Each source that fails or runs out is reported, never raised."""
         started = self._clock()
-        deadline = None if budget is None else started + budget
+        deadline = started + self._timeout if bounded else None
         reading = Reading()
         by_table = self._read_postgres(reading, deadline)
         self._read_kafka(reading, by_table, deadline)
