@@ -15,7 +15,9 @@ COPY backup_pipeline ./backup_pipeline
 RUN pip install --no-deps --no-build-isolation . && useradd --create-home --uid 10001 backup
 
 USER 10001
-EXPOSE 4000
+# 4000: the code server; 9108: `backup-pipeline metrics` when run from this image
+# (docs/operations.md).
+EXPOSE 4000 9108
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s \
   CMD dagster api grpc-health-check -p 4000 || exit 1
 CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", \

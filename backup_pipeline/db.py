@@ -18,7 +18,9 @@ def conninfo(settings: Settings) -> str:
     return settings.database_url.get_secret_value()
 
 
-def connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Connection:
+def connect(
+    settings: Settings, *, autocommit: bool = False, connect_timeout: int = 10
+) -> psycopg.Connection:
     """Open a connection, turning libpq's errors into one line without the password."""
     try:
         conninfo_to_dict(conninfo(settings))
@@ -36,7 +38,7 @@ def connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Connecti
             conninfo(settings),
             autocommit=autocommit,
             application_name=APPLICATION_NAME,
-            connect_timeout=10,
+            connect_timeout=connect_timeout,
         )
     except psycopg.Error as exc:
         raise BackupError(

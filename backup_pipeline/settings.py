@@ -184,6 +184,23 @@ class Settings(BaseModel):
         default=5_000, ge=1, le=1_000_000, validation_alias="BACKUP_DECODE_BATCH_SIZE"
     )
 
+    # `backup-pipeline metrics` (metrics/): where it listens, and the longest one scrape may
+    # take in all (PostgreSQL, then Kafka with what is left): a scrape that runs out reports
+    # what it has and counts the error, never hangs past Prometheus's own scrape timeout.
+    # Every interface by default: in a pod, Prometheus scrapes the pod's IP.
+    metrics_host: str = Field(
+        default="0.0.0.0",  # noqa: S104
+        min_length=1,
+        validation_alias="BACKUP_METRICS_HOST",
+    )
+    metrics_port: int = Field(default=9108, ge=1, le=65535, validation_alias="BACKUP_METRICS_PORT")
+    metrics_scrape_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=60, validation_alias="BACKUP_METRICS_SCRAPE_TIMEOUT_SECONDS"
+    )
+    # Dagster's own instance storage (dagster.yaml reads it too); the metrics endpoint counts
+    # failed runs there. Empty: no run metrics.
+    dagster_pg_url: SecretStr = Field(default=SecretStr(""), validation_alias="DAGSTER_PG_URL")
+
     topic_names: dict[str, str] = Field(default_factory=dict, exclude=True)
 
     @field_validator("kafka_brokers")

@@ -1,5 +1,5 @@
 """The operator CLI: ``backup-pipeline migrate | backup | status | acknowledge | restore |
-verify | ...``, one module per group of commands."""
+verify | metrics | ...``, one module per group of commands."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from backup_pipeline.cli.acknowledge import acknowledge_command
 from backup_pipeline.cli.backup import backup_command, migrate_command, status_command
 from backup_pipeline.cli.decode import decode_command
 from backup_pipeline.cli.demo import create_topics_command, demo_producer_command
+from backup_pipeline.cli.metrics import metrics_command
 from backup_pipeline.cli.restore import restore_command, verify_command
 
 
@@ -33,5 +34,6 @@ for command in (
     restore_command,
     verify_command,
     decode_command,
+    metrics_command,
 ):
     main.add_command(command)
