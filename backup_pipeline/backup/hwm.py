@@ -117,9 +117,13 @@ class WriterLock:
         if wait_seconds <= 0:
             return False
         deadline = time.monotonic() + wait_seconds
-        asking = self._call("pg_try_advisory_lock", self._handoff_key)
+        asking = False
         try:
             while time.monotonic() < deadline:
+                # Ask until it sticks: the holder's handoff_requested() takes the handoff
+                # key for a moment at every poll, and one try that lands in that moment
+                # would leave the holder unaware of us for our whole wait.
+                asking = asking or self._call("pg_try_advisory_lock", self._handoff_key)
                 time.sleep(0.2)
                 if self._call("pg_try_advisory_lock", self._key):
                     self.held = True
