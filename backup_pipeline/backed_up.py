@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from backup_pipeline import db
 from backup_pipeline.backup.records import TRACEPARENT_HEADER, decode_headers
 from backup_pipeline.errors import RestoreError
 from backup_pipeline.settings import Settings
@@ -349,8 +350,7 @@ def read_partition(
         params = _params(topic, version, partition, selection, after, last)
         params["page"] = page
         rows = conn.execute(query, params).fetchall()
-        if not conn.autocommit:
-            conn.commit()
+        db.end_read(conn)
         for row in rows:
             yield _record(row)
         if len(rows) < page:
@@ -397,8 +397,7 @@ def extent(
         _query(spec, selection, bounded=last is not None, count=True),
         _params(topic, version, partition, selection, after, last),
     ).fetchone()
-    if not conn.autocommit:
-        conn.commit()
+    db.end_read(conn)
     if row is None:
         return Extent(0, None, 0)
     return Extent(int(row[0]), None if row[1] is None else int(row[1]), int(row[2]))
@@ -430,6 +429,5 @@ def known_partitions(conn: psycopg.Connection, spec: TopicSpec, topic: str, vers
         ).format(table=sql.Identifier(spec.table)),
         {"v": version, "t": topic},
     ).fetchone()
-    if not conn.autocommit:
-        conn.commit()
+    db.end_read(conn)
     return 0 if row is None or row[0] is None else int(row[0]) + 1

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import psycopg
 from confluent_kafka import Consumer
 
-from backup_pipeline import acknowledge, versions
+from backup_pipeline import acknowledge, db, versions
 from backup_pipeline.backup import hwm, source
 from backup_pipeline.topics import TopicSpec
 from backup_pipeline.versions import VersionState
@@ -65,8 +65,7 @@ def topic_status(
             (version, topic),
         ).fetchall()
     )
-    if not conn.autocommit:
-        conn.commit()
+    db.end_read(conn)
     if marks is None:
         marks = snapshot(consumer, topic, timeout)
     result = []

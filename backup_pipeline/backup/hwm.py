@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import psycopg
 
+from backup_pipeline import db
 from backup_pipeline.errors import ConcurrentWriterError
 
 HWM_TABLE = "bekreftelse_hwm"
@@ -40,8 +41,7 @@ def read(conn: psycopg.Connection, version: int, topic: str) -> dict[int, int]:
         "WHERE version = %s AND kafka_topic = %s",
         (version, topic),
     ).fetchall()
-    if not conn.autocommit:
-        conn.commit()
+    db.end_read(conn)
     return {partition: offset for partition, offset in rows}
 
 
@@ -98,8 +98,7 @@ class WriterLock:
             f"SELECT {function}(hashtext(%s), %s)",
             (key, self._version),
         ).fetchone()
-        if not self._conn.autocommit:
-            self._conn.commit()
+        db.end_read(self._conn)
         return bool(row and row[0])
 
     @property
