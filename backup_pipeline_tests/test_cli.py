@@ -289,6 +289,19 @@ def test_status_on_an_unmigrated_database_says_to_migrate(services, empty_databa
     assert "backup-pipeline migrate" in result.output and "Traceback" not in result.output
 
 
+def backed_up(
+    services, database_url, topic_names, producer, **settings: str
+) -> tuple[CliRunner, dict[str, str], str]:
+    """10 records in bekreftelser's topic, backed up by `backup --table bekreftelser` with
+    ``settings`` on top of the test's environment: (runner, environment, its output)."""
+    produce(producer, topic_names["bekreftelser"], good_records(BEKREFTELSER, 10))
+    env = cli_env(services, database_url, topic_names)
+    runner = CliRunner()
+    result = runner.invoke(main, ["backup", "--table", "bekreftelser"], env={**env, **settings})
+    assert result.exit_code == 0, result.output
+    return runner, env, result.output
+
+
 def table_contents(db: psycopg.Connection) -> dict[str, tuple[int, str]]:
     """Every table of the database: its row count and a digest of all its rows."""
     names = [
@@ -314,12 +327,9 @@ def table_contents(db: psycopg.Connection) -> dict[str, tuple[int, str]]:
 def test_a_typo_in_backup_version_is_refused_in_one_line_and_changes_nothing(
     services, database_url, topic_names, producer, db
 ):
-    topic = topic_names["bekreftelser"]
-    produce(producer, topic, good_records(BEKREFTELSER, 10))
-    env = cli_env(services, database_url, topic_names)
-    runner = CliRunner()
-    assert runner.invoke(main, ["backup"], env=env).exit_code == 0
-    produce(producer, topic, good_records(BEKREFTELSER, 4, seed=2))  # work a pass would do
+    runner, env, _ = backed_up(services, database_url, topic_names, producer)
+    # Work a pass would do.
+    produce(producer, topic_names["bekreftelser"], good_records(BEKREFTELSER, 4, seed=2))
     before = table_contents(db)
 
     # Versions start at 1 (the seed's CURRENT_VERSION): 0 is a typo, not a version.
@@ -334,13 +344,10 @@ def test_a_typo_in_backup_version_is_refused_in_one_line_and_changes_nothing(
 def test_a_version_below_the_serving_one_is_a_downgrade_refused_without_the_flag(
     services, database_url, topic_names, producer, db
 ):
-    produce(producer, topic_names["bekreftelser"], good_records(BEKREFTELSER, 10))
-    env = cli_env(services, database_url, topic_names)
-    runner = CliRunner()
-    v3 = runner.invoke(
-        main, ["backup", "--table", "bekreftelser"], env={**env, "BACKUP_VERSION": "3"}
+    runner, env, output = backed_up(
+        services, database_url, topic_names, producer, BACKUP_VERSION="3"
     )
-    assert v3.exit_code == 0 and "bekreftelser: versions: 3 serving" in v3.output, v3.output
+    assert "bekreftelser: versions: 3 serving" in output
     before = table_contents(db)
 
     v2 = {**env, "BACKUP_VERSION": "2"}
@@ -371,10 +378,7 @@ def test_a_version_below_the_serving_one_is_a_downgrade_refused_without_the_flag
 def test_a_cli_backup_of_a_new_version_moves_the_serving_version_only_with_promote(
     services, database_url, topic_names, producer, db
 ):
-    produce(producer, topic_names["bekreftelser"], good_records(BEKREFTELSER, 10))
-    env = cli_env(services, database_url, topic_names)
-    runner = CliRunner()
-    assert runner.invoke(main, ["backup", "--table", "bekreftelser"], env=env).exit_code == 0
+    runner, env, _ = backed_up(services, database_url, topic_names, producer)
     v2 = {**env, "BACKUP_VERSION": "2"}
 
     result = runner.invoke(main, ["backup", "--table", "bekreftelser"], env=v2)
