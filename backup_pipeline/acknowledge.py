@@ -15,6 +15,7 @@ from typing import Literal
 import psycopg
 from psycopg import sql
 
+from backup_pipeline import db
 from backup_pipeline.errors import BackupError
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,7 @@ def acknowledge_rows(
         ).format(table=sql.Identifier(_TABLES[what]), covers=covers),
         {"by": by, "note": note, "topic": topic, "version": version, "up_to": up_to_id},
     ).fetchall()
-    if not conn.autocommit:
-        conn.commit()
+    db.end_read(conn)
     done = Acknowledged(sorted(int(r[0]) for r in rows), sum(int(r[1]) for r in rows))
     log.info(
         "%s (topic %s, version %d): %d %s rows acknowledged by %s: %s",
@@ -122,7 +122,6 @@ def unacknowledged(conn: psycopg.Connection, topic: str, version: int) -> Unackn
         """,
         {"t": topic, "v": version},
     ).fetchone()
-    if not conn.autocommit:
-        conn.commit()
+    db.end_read(conn)
     assert row is not None
     return Unacknowledged(int(row[0]), int(row[1]), row[2], row[3])

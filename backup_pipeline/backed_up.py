@@ -10,14 +10,15 @@ the same offset order when asked for.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from backup_pipeline import db
 from backup_pipeline.backup.records import TRACEPARENT_HEADER, decode_headers
 from backup_pipeline.errors import RestoreError
 from backup_pipeline.settings import Settings
@@ -41,9 +42,28 @@ class BackedUpRecord:
     quarantined: bool
 
 
+def restore_time(text: str, option: str = "time") -> datetime:
+    """An ISO-8601 time of a restore selection or a positions snapshot; a time without a
+    zone is UTC.
+
+    The one parser for the CLI and Dagster: ``kafka_timestamp`` is timestamptz, and
+    PostgreSQL reads a naive time in the session's time zone, so a naive time reaching a
+    query would select another window on a server that does not run in UTC.
+    """
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise RestoreError(
+            f"{option} {text!r}: expected an ISO-8601 time, e.g. 2026-03-01T08:00:00 (UTC) "
+            "or 2026-03-01T09:00:00+01:00"
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 @dataclass(frozen=True)
 class Selection:
-    """Which backed-up records to read; every bound is inclusive, None means no bound."""
+    """Which backed-up records to read; None means no bound. Offset bounds are inclusive;
+    of the time bounds ``since`` is inclusive and ``until`` exclusive."""
 
     partitions: tuple[int, ...] | None = None
     # partition -> (first offset, last offset)
@@ -54,6 +74,36 @@ class Selection:
     keys: tuple[bytes, ...] | None = None
     arbeidssoeker_ids: tuple[int, ...] | None = None
     include_quarantined: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        partitions: Iterable[int] | None = None,
+        # partition (a number, or its text in Dagster's config) -> [first, last]
+        offsets: Mapping[int, Sequence[int | None]]
+        | Mapping[str, Sequence[int | None]]
+        | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        record_keys: Iterable[int] = (),
+        raw_keys: Iterable[bytes] = (),
+        arbeidssoeker_ids: Iterable[int] | None = None,
+        include_quarantined: bool = False,
+    ) -> Selection:
+        """A selection as the CLI's options and ``restore_job``'s config give it: times as
+        ISO-8601 text (naive = UTC, restore_time), keys as longs (the topics'
+        LongSerializer) or raw bytes, empty lists meaning no filter."""
+        keys = [k.to_bytes(8, "big", signed=True) for k in record_keys] + list(raw_keys)
+        return cls(
+            partitions=tuple(partitions) if partitions else None,
+            offsets={int(p): (b[0], b[1]) for p, b in (offsets or {}).items()},
+            since=restore_time(since, "since") if since else None,
+            until=restore_time(until, "until") if until else None,
+            keys=tuple(keys) if keys else None,
+            arbeidssoeker_ids=tuple(arbeidssoeker_ids) if arbeidssoeker_ids else None,
+            include_quarantined=include_quarantined,
+        )
 
     def wants(self, partition: int) -> bool:
         """Naming offset ranges selects those partitions only; ``partitions`` adds whole
@@ -101,6 +151,8 @@ class Selection:
         return cls(
             partitions=_tuple(data.get("partitions")),
             offsets={int(p): (b[0], b[1]) for p, b in (data.get("offsets") or {}).items()},
+            # As stored: a resumed run selects exactly what it started with (a run stored
+            # before restore_time existed may hold a naive time; it stays as it ran).
             since=datetime.fromisoformat(data["since"]) if data.get("since") else None,
             until=datetime.fromisoformat(data["until"]) if data.get("until") else None,
             keys=_tuple(bytes.fromhex(k) for k in data["keys"])
@@ -298,8 +350,7 @@ def read_partition(
         params = _params(topic, version, partition, selection, after, last)
         params["page"] = page
         rows = conn.execute(query, params).fetchall()
-        if not conn.autocommit:
-            conn.commit()
+        db.end_read(conn)
         for row in rows:
             yield _record(row)
         if len(rows) < page:
@@ -346,8 +397,7 @@ def extent(
         _query(spec, selection, bounded=last is not None, count=True),
         _params(topic, version, partition, selection, after, last),
     ).fetchone()
-    if not conn.autocommit:
-        conn.commit()
+    db.end_read(conn)
     if row is None:
         return Extent(0, None, 0)
     return Extent(int(row[0]), None if row[1] is None else int(row[1]), int(row[2]))
@@ -379,6 +429,5 @@ def known_partitions(conn: psycopg.Connection, spec: TopicSpec, topic: str, vers
         ).format(table=sql.Identifier(spec.table)),
         {"v": version, "t": topic},
     ).fetchone()
-    if not conn.autocommit:
-        conn.commit()
+    db.end_read(conn)
     return 0 if row is None or row[0] is None else int(row[0]) + 1

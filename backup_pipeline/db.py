@@ -47,6 +47,17 @@ def connect(
         ) from None
 
 
+def end_read(conn: psycopg.Connection) -> None:
+    """End the transaction a read opened, unless the connection is in autocommit mode.
+
+    Read helpers take either kind of connection; on one that is not autocommit, a read
+    left open would hold its snapshot (and keep VACUUM from cleaning up behind it) and
+    make the caller's next statement part of the same transaction.
+    """
+    if not conn.autocommit:
+        conn.commit()
+
+
 def one_line(text: str) -> str:
     """libpq reports each attempt (host, SSL then plain...) on its own line: join them."""
     lines: list[str] = []

@@ -71,9 +71,13 @@ class Settings(BaseModel):
 
     # The target version (re-ingested, then serving); unset = keep the version recorded as
     # serving in backup_versions (CURRENT_VERSION on a fresh database). See versions.py.
+    # Versions start at 1 as in the seed: 0 or less is a typo, refused before anything runs.
     backup_version: int | None = Field(
-        default=None, ge=0, le=32767, validation_alias="BACKUP_VERSION"
+        default=None, ge=1, le=32767, validation_alias="BACKUP_VERSION"
     )
+    # A target below the serving version is a downgrade: re-ingesting an older numbering is
+    # refused unless asked for explicitly (versions.DowngradeError).
+    backup_allow_downgrade: bool = Field(default=False, validation_alias="BACKUP_ALLOW_DOWNGRADE")
     # A pass holds about three batches at once (one mapped, two being written): these
     # bound its memory. Measured: ~200 MB peak RSS whatever the record size (bench/).
     backup_batch_size: int = Field(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import psycopg
 from confluent_kafka import Consumer
 
-from backup_pipeline import acknowledge, versions
+from backup_pipeline import acknowledge, db, versions
 from backup_pipeline.backup import hwm, source
 from backup_pipeline.topics import TopicSpec
 from backup_pipeline.versions import VersionState
@@ -65,8 +65,7 @@ def topic_status(
             (version, topic),
         ).fetchall()
     )
-    if not conn.autocommit:
-        conn.commit()
+    db.end_read(conn)
     if marks is None:
         marks = snapshot(consumer, topic, timeout)
     result = []
@@ -89,6 +88,7 @@ def topic_status(
 
 @dataclass(frozen=True)
 class TableStatus:
+    table: str
     state: VersionState
     # The serving version's partitions, then those of the version being re-ingested (or
     # only those of the version asked for).
@@ -106,24 +106,32 @@ def table_status(
     caught_up_max_lag: int,
     timeout: float = 10.0,
     version: int | None = None,
+    promote: bool = True,
+    allow_downgrade: bool = False,
 ) -> TableStatus:
-    """Reconcile the table's versions (versions.reconcile), then its status: by default the
-    serving version and the one being re-ingested; ``version`` shows that one instead."""
+    """Reconcile the table's versions (versions.reconcile, with ``promote`` and
+    ``allow_downgrade``), then its status: by default the serving version and the one
+    being re-ingested; ``version`` shows that one instead."""
     # PostgreSQL first: an unmigrated database is told to migrate before Kafka is asked
     # about topics that may not exist yet either.
     versions.recorded_versions(conn, spec.table)
     marks = snapshot(consumer, topic, timeout)
     state = versions.reconcile(
-        conn, spec, topic, target, marks, caught_up_max_lag=caught_up_max_lag
+        conn,
+        spec,
+        topic,
+        target,
+        marks,
+        caught_up_max_lag=caught_up_max_lag,
+        promote=promote,
+        allow_downgrade=allow_downgrade,
     )
-    if version is not None:
-        shown = [version]
-    else:
-        shown = [state.serving] + ([state.target] if state.reingesting else [])
+    shown = [version] if version is not None else state.live_versions
     partitions = [
         part for v in shown for part in topic_status(conn, consumer, spec, topic, v, timeout, marks)
     ]
-    return TableStatus(state, partitions, acknowledge.unacknowledged(conn, topic, shown[0]))
+    unacknowledged = acknowledge.unacknowledged(conn, topic, shown[0])
+    return TableStatus(spec.table, state, partitions, unacknowledged)
 
 
 STATUS_COLUMNS = (
@@ -164,8 +172,7 @@ def render(statuses: list[TableStatus]) -> str:
     lines = [_aligned(STATUS_COLUMNS, rows)] if rows else ["no partitions"]
     lines.append("")
     for table in statuses:
-        name = table.partitions[0].table if table.partitions else table.state.topic
-        lines.append(f"{name}: {table.state.summary()}; {table.unacknowledged.describe()}")
+        lines.append(f"{table.table}: {table.state.summary()}; {table.unacknowledged.describe()}")
     return "\n".join(lines)
 
 

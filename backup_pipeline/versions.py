@@ -18,18 +18,21 @@ from datetime import datetime
 from enum import StrEnum
 
 import psycopg
-from confluent_kafka import Consumer
 
 from backup_pipeline import CURRENT_VERSION
 from backup_pipeline.backup import hwm, source
 from backup_pipeline.errors import BackupError
-from backup_pipeline.topics import TOPICS, TopicSpec
+from backup_pipeline.topics import TopicSpec
 
 log = logging.getLogger(__name__)
 
 
 class RetiredVersionError(BackupError):
     """A writer was asked to write into a retired version without allow_retired."""
+
+
+class DowngradeError(BackupError):
+    """A new version below the serving one, without BACKUP_ALLOW_DOWNGRADE."""
 
 
 class VersionLifecycle(StrEnum):
@@ -57,10 +60,19 @@ class VersionState:
     records_done: int  # of those, how many the target version has accounted for
     serving_lag: int = 0
     versions: tuple[RecordedVersion, ...] = ()  # all recorded versions of the table
+    # The target has caught up, but reconcile was told not to promote it (a CLI one-shot
+    # without --promote): it is still re-ingesting.
+    promotion_due: bool = False
 
     @property
     def reingesting(self) -> bool:
         return self.serving != self.target
+
+    @property
+    def live_versions(self) -> list[int]:
+        """The versions a backup writes: the serving one, and the target while it catches
+        up, so new records are never unprotected during a re-ingestion."""
+        return [self.serving] + ([self.target] if self.reingesting else [])
 
     @property
     def progress(self) -> float:
@@ -177,12 +189,22 @@ def _record_new(
     topic: str,
     version: int,
     recorded: list[RecordedVersion],
+    *,
+    allow_downgrade: bool,
 ) -> VersionLifecycle:
     """A version written or targeted for the first time: serving if nothing serves yet,
     otherwise the table's one re-ingestion (an unfinished earlier one is abandoned:
-    retired, its rows kept)."""
+    retired, its rows kept). One below the serving version is a downgrade, refused unless
+    ``allow_downgrade``: a mistyped BACKUP_VERSION would otherwise re-ingest everything."""
+    serving = next((v.version for v in recorded if v.state is VersionLifecycle.SERVING), None)
+    if serving is not None and version < serving and not allow_downgrade:
+        raise DowngradeError(
+            f"version {version} of {table} is below the serving version {serving}: a "
+            f"downgrade, refused; set BACKUP_ALLOW_DOWNGRADE=true to re-ingest under "
+            f"{version}, or a version above {serving} (unset BACKUP_VERSION keeps {serving})"
+        )
     state = VersionLifecycle.SERVING
-    if any(v.state is VersionLifecycle.SERVING for v in recorded):
+    if serving is not None:
         state = VersionLifecycle.REINGESTING
         for v in recorded:
             if v.state is VersionLifecycle.REINGESTING:
@@ -197,9 +219,15 @@ def _record_new(
 
 
 def ensure_recorded(
-    conn: psycopg.Connection, table: str, topic: str, version: int
+    conn: psycopg.Connection,
+    table: str,
+    topic: str,
+    version: int,
+    *,
+    allow_downgrade: bool = False,
 ) -> VersionLifecycle:
-    """The state of ``version``, recording it first if a writer is about to fill it."""
+    """The state of ``version``, recording it first if a writer is about to fill it (a new
+    one below the serving version only with ``allow_downgrade``)."""
     with conn.transaction():
         _lock(conn, table)
         _adopt(conn, table, topic)
@@ -207,7 +235,7 @@ def ensure_recorded(
         for v in recorded:
             if v.version == version:
                 return v.state
-        return _record_new(conn, table, topic, version, recorded)
+        return _record_new(conn, table, topic, version, recorded, allow_downgrade=allow_downgrade)
 
 
 def resolve_write_version(
@@ -279,14 +307,18 @@ def reconcile(
     snapshot: dict[int, source.Watermarks],
     *,
     caught_up_max_lag: int,
+    promote: bool = True,
+    allow_downgrade: bool = False,
 ) -> VersionState:
     """Bring ``backup_versions`` of ``spec.table`` in line with ``target`` and Kafka.
 
     ``target`` is BACKUP_VERSION; None keeps the recorded one (the version being
     re-ingested, else the serving one; on a fresh database CURRENT_VERSION). A new target
-    is recorded as serving when nothing serves yet, otherwise as re-ingesting; it is
-    promoted to serving, and the previous serving version retired, once every partition in
-    ``snapshot`` has a HWM row and its lag is at most ``caught_up_max_lag``. A target set
+    is recorded as serving when nothing serves yet, otherwise as re-ingesting (one below
+    the serving version only with ``allow_downgrade``); it is promoted to serving, and the
+    previous serving version retired, once every partition in ``snapshot`` has a HWM row
+    and its lag is at most ``caught_up_max_lag`` — unless ``promote`` is False (a CLI
+    one-shot without --promote), which only reports it as ``promotion_due``. A target set
     back to the serving version abandons (retires) an unfinished re-ingestion. One
     transaction under a per-table lock: idempotent, and safe when processes call it at once.
     """
@@ -312,7 +344,9 @@ def reconcile(
                 )
         existing = by_version.get(target)
         if existing is None:
-            state = _record_new(conn, table, topic, target, recorded)
+            state = _record_new(
+                conn, table, topic, target, recorded, allow_downgrade=allow_downgrade
+            )
         elif existing.state is VersionLifecycle.RETIRED:
             raise BackupError(
                 f"BACKUP_VERSION={target}, but version {target} of {table} is retired "
@@ -329,65 +363,17 @@ def reconcile(
         caught_up = (
             bool(snapshot) and all(p in target_hwms for p in snapshot) and lag <= caught_up_max_lag
         )
-        if state is VersionLifecycle.REINGESTING and (caught_up or serving is None):
+        due = state is VersionLifecycle.REINGESTING and (caught_up or serving is None)
+        # With nothing serving, making the target serve moves nothing: always done.
+        if due and (promote or serving is None):
             if serving is not None:
                 _set_state(conn, table, serving, VersionLifecycle.RETIRED)
             _set_state(conn, table, target, VersionLifecycle.SERVING)
             state = VersionLifecycle.SERVING
+            due = False
         if state is VersionLifecycle.SERVING:
             serving = target
         assert serving is not None  # recorded above, or the target was just promoted
         serving_lag = lag if serving == target else _lags(_hwms(conn, serving, topic), snapshot)[0]
         versions = tuple(recorded_versions(conn, table))
-    return VersionState(topic, target, serving, lag, total, done, serving_lag, versions)
-
-
-def known_versions(conn: psycopg.Connection, topic: str) -> list[int]:
-    rows = conn.execute(
-        "SELECT DISTINCT version FROM bekreftelse_hwm WHERE kafka_topic = %s ORDER BY 1",
-        (topic,),
-    ).fetchall()
-    return [r[0] for r in rows]
-
-
-def version_state(
-    conn: psycopg.Connection,
-    consumer: Consumer,
-    topic: str,
-    target: int | None,
-    *,
-    caught_up_max_lag: int,
-    timeout: float = 10.0,
-    snapshot: dict[int, source.Watermarks] | None = None,
-) -> VersionState:
-    """Deprecated: ``reconcile`` with a spec. Kept for callers that know only the topic.
-
-    The table is found through the versions recorded for ``topic`` (or the topic's default
-    name); then this is ``reconcile``. A topic nothing is recorded for yet is judged from
-    its HWMs alone, as before migration 0005.
-    """
-    if snapshot is None:
-        snapshot = {
-            p: source.watermarks(consumer, topic, p, timeout)
-            for p in source.partitions(consumer, topic, timeout)
-        }
-    row = conn.execute(
-        "SELECT table_name FROM backup_versions WHERE kafka_topic = %s LIMIT 1", (topic,)
-    ).fetchone()
-    spec = next(
-        (
-            s
-            for s in TOPICS
-            if (row and s.table == row[0]) or (not row and s.default_topic == topic)
-        ),
-        None,
-    )
-    if spec is not None:
-        return reconcile(conn, spec, topic, target, snapshot, caught_up_max_lag=caught_up_max_lag)
-    target = CURRENT_VERSION if target is None else target
-    target_hwms = _hwms(conn, target, topic)
-    lag, total, done = _lags(target_hwms, snapshot)
-    others = [v for v in known_versions(conn, topic) if v != target]
-    caught_up = all(p in target_hwms for p in snapshot) and lag <= caught_up_max_lag
-    serving = target if caught_up or not others else max(others)
-    return VersionState(topic, target, serving, lag, total, done)
+    return VersionState(topic, target, serving, lag, total, done, serving_lag, versions, due)

@@ -6,6 +6,7 @@ import re
 
 import psycopg
 from click.testing import CliRunner
+from psycopg import sql
 
 from backup_pipeline.cli import main
 from backup_pipeline.topics import TOPICS, spec_for_table
@@ -66,7 +67,9 @@ def switch_to_version_2(runner: CliRunner, env: dict[str, str]) -> None:
     """Version 1 backed up, then version 2 re-ingested until it serves (BACKUP_VERSION=2)."""
     assert runner.invoke(main, ["backup", "--table", "bekreftelser"], env=env).exit_code == 0
     result = runner.invoke(
-        main, ["backup", "--table", "bekreftelser"], env={**env, "BACKUP_VERSION": "2"}
+        main,
+        ["backup", "--table", "bekreftelser", "--promote"],
+        env={**env, "BACKUP_VERSION": "2"},
     )
     assert result.exit_code == 0, result.output
     assert "bekreftelser: versions: 1 retired, 2 serving" in result.output
@@ -99,7 +102,7 @@ def test_status_shows_versions_and_reingestion_progress_in_integers(
     v2_rows = status_rows(status.output, "bekreftelser", 2)
     assert sum(int(r[LAG]) for r in v2_rows) == 18
 
-    result = runner.invoke(main, ["backup", "--table", "bekreftelser"], env=env)
+    result = runner.invoke(main, ["backup", "--table", "bekreftelser", "--promote"], env=env)
     assert "bekreftelser: versions: 1 retired, 2 serving" in result.output
     status = runner.invoke(main, ["status", "--table", "bekreftelser"], env=env)
     assert [r[VERSION] for r in status_rows(status.output, "bekreftelser")] == ["2"] * 3
@@ -284,3 +287,115 @@ def test_status_on_an_unmigrated_database_says_to_migrate(services, empty_databa
     result = CliRunner().invoke(main, ["status"], env=env)
     assert result.exit_code == 2
     assert "backup-pipeline migrate" in result.output and "Traceback" not in result.output
+
+
+def backed_up(
+    services, database_url, topic_names, producer, **settings: str
+) -> tuple[CliRunner, dict[str, str], str]:
+    """10 records in bekreftelser's topic, backed up by `backup --table bekreftelser` with
+    ``settings`` on top of the test's environment: (runner, environment, its output)."""
+    produce(producer, topic_names["bekreftelser"], good_records(BEKREFTELSER, 10))
+    env = cli_env(services, database_url, topic_names)
+    runner = CliRunner()
+    result = runner.invoke(main, ["backup", "--table", "bekreftelser"], env={**env, **settings})
+    assert result.exit_code == 0, result.output
+    return runner, env, result.output
+
+
+def table_contents(db: psycopg.Connection) -> dict[str, tuple[int, str]]:
+    """Every table of the database: its row count and a digest of all its rows."""
+    names = [
+        name
+        for (name,) in db.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1"
+        ).fetchall()
+    ]
+    contents = {}
+    for name in names:
+        row = db.execute(
+            sql.SQL(
+                "SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
+                "FROM {} AS t"
+            ).format(sql.Identifier(name))
+        ).fetchone()
+        assert row is not None
+        contents[name] = (int(row[0]), str(row[1]))
+    return contents
+
+
+def test_a_typo_in_backup_version_is_refused_in_one_line_and_changes_nothing(
+    services, database_url, topic_names, producer, db
+):
+    runner, env, _ = backed_up(services, database_url, topic_names, producer)
+    # Work a pass would do.
+    produce(producer, topic_names["bekreftelser"], good_records(BEKREFTELSER, 4, seed=2))
+    before = table_contents(db)
+
+    # Versions start at 1 (the seed's CURRENT_VERSION): 0 is a typo, not a version.
+    for command in (["backup"], ["status"]):
+        refused = runner.invoke(main, command, env={**env, "BACKUP_VERSION": "0"})
+        assert refused.exit_code == 2, refused.output
+        assert refused.output.strip().count("\n") == 0, refused.output
+        assert "BACKUP_VERSION" in refused.output and "Traceback" not in refused.output
+    assert table_contents(db) == before
+
+
+def test_a_version_below_the_serving_one_is_a_downgrade_refused_without_the_flag(
+    services, database_url, topic_names, producer, db
+):
+    runner, env, output = backed_up(
+        services, database_url, topic_names, producer, BACKUP_VERSION="3"
+    )
+    assert "bekreftelser: versions: 3 serving" in output
+    before = table_contents(db)
+
+    v2 = {**env, "BACKUP_VERSION": "2"}
+    for command, how in (
+        (["backup", "--table", "bekreftelser"], v2),
+        (["status", "--table", "bekreftelser"], v2),
+        (["backup", "--table", "bekreftelser", "--version", "2"], env),
+        (["backup", "--table", "bekreftelser", "--promote"], v2),
+    ):
+        refused = runner.invoke(main, command, env=how)
+        assert refused.exit_code == 2, refused.output
+        assert "version 2 of bekreftelser is below the serving version 3" in refused.output
+        assert "BACKUP_ALLOW_DOWNGRADE=true" in refused.output
+    assert table_contents(db) == before
+    unclear = runner.invoke(main, ["status"], env={**v2, "BACKUP_ALLOW_DOWNGRADE": "perhaps"})
+    assert unclear.exit_code == 2 and "BACKUP_ALLOW_DOWNGRADE" in unclear.output
+
+    allowed = runner.invoke(
+        main,
+        ["backup", "--table", "bekreftelser", "--promote"],
+        env={**v2, "BACKUP_ALLOW_DOWNGRADE": "true"},
+    )
+    assert allowed.exit_code == 0, allowed.output
+    assert "bekreftelser: versions: 2 serving, 3 retired" in allowed.output
+    assert count(db, "bekreftelser", 2) == 10
+
+
+def test_a_cli_backup_of_a_new_version_moves_the_serving_version_only_with_promote(
+    services, database_url, topic_names, producer, db
+):
+    runner, env, _ = backed_up(services, database_url, topic_names, producer)
+    v2 = {**env, "BACKUP_VERSION": "2"}
+
+    result = runner.invoke(main, ["backup", "--table", "bekreftelser"], env=v2)
+    assert result.exit_code == 0, result.output
+    assert count(db, "bekreftelser", 2) == 10  # backed up under the new version
+    assert "bekreftelser: versions: 1 serving, 2 re-ingesting 100%" in result.output
+    would = "bekreftelser: --promote would make version 2 serving and retire version 1"
+    assert would in result.output
+    status = runner.invoke(main, ["status", "--table", "bekreftelser"], env=v2)
+    assert status.exit_code == 0 and would in status.output, status.output
+    serving = db.execute(
+        "SELECT version FROM backup_versions WHERE table_name = 'bekreftelser' "
+        "AND state = 'serving'"
+    ).fetchall()
+    assert serving == [(1,)]
+
+    promoted = runner.invoke(main, ["backup", "--table", "bekreftelser", "--promote"], env=v2)
+    assert promoted.exit_code == 0, promoted.output
+    assert "bekreftelser: versions: 1 retired, 2 serving" in promoted.output
+    assert "would" not in promoted.output

@@ -326,3 +326,26 @@ def test_reingestion_progress_moves_with_an_eta_while_it_runs(env, producer, top
     assert 0 < after["reingest_percent"].value < 100
     assert "ETA" in after["reingest_progress"].value
     assert "unknown" not in after["reingest_progress"].value
+
+
+@pytest.mark.parametrize("spec", TOPICS, ids=lambda spec: spec.table)
+def test_each_table_assets_column_schema_is_the_migrated_tables_columns(spec, db):
+    schema = (
+        table_asset(spec.table)
+        .specs_by_key[dg.AssetKey(spec.table)]
+        .metadata["dagster/column_schema"]
+    )
+    # PostgreSQL itself reads the types Dagster shows (smallint, varchar, ...).
+    shown = {
+        column.name: db.execute("SELECT %s::regtype::text", (column.type,)).fetchone()[0]
+        for column in schema.columns
+    }
+    migrated = dict(
+        db.execute(
+            "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "
+            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+            (spec.table,),
+        ).fetchall()
+    )
+    assert shown == migrated
+    assert all(column.description for column in schema.columns)

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from backup_pipeline.backed_up import restore_time
 from backup_pipeline.backup.pass_ import backup_topic
 from backup_pipeline.cli.restore import restore_command, verify_command
 from backup_pipeline.errors import RestoreError
@@ -281,8 +282,7 @@ def test_bad_input_is_one_line_and_commits_nothing(
     with pytest.raises(RestoreError, match="offset map holds 0"):
         positions.plan(settings, narrow.run_id, [group])
     with pytest.raises(RestoreError, match="expected an ISO-8601"):
-        positions.parse_time("yesterday")
-    assert positions.parse_time("2026-01-01T10:00:00").tzinfo is UTC
+        restore_time("yesterday", "--as-of")
 
 
 def test_history_is_thinned_to_one_position_per_hour(settings: Any, db: Any) -> None:

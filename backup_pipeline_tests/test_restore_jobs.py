@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+
 import dagster as dg
+import psycopg
 import pytest
+from click.testing import CliRunner
+from psycopg import sql
 
 from backup_pipeline.backup.pass_ import backup_topic
+from backup_pipeline.cli.restore import restore_command
 from backup_pipeline.definitions import defs
 from backup_pipeline.orchestration.assets import topic_asset_key
 from backup_pipeline.orchestration.restore_jobs import restore_job
 from backup_pipeline.restore.run import RestoreRequest, restore
 from backup_pipeline.topics import TOPICS, spec_for_table
-from backup_pipeline_tests.support import delete_topic, good_records, produce
+from backup_pipeline_tests.support import delete_topic, good_records, produce, read_topic
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 
@@ -74,6 +81,59 @@ def test_the_restore_jobs_offsets_select_only_their_partitions(
     metadata = event.event_specific_data.metadata
     assert metadata["by_partition"].value == {"1": 2}
     assert metadata["records_restored"].value == 2
+
+
+def test_a_time_without_a_zone_is_utc_in_the_restore_job_and_the_cli_on_an_oslo_server(
+    env, settings, db, database_url, producer, services, topic_names
+):
+    # A server whose sessions run in Europe/Oslo (UTC+1 in winter, +2 in summer): a naive
+    # time reaching `kafka_timestamp >= %(since)s` would be read as Oslo time.
+    name = db.execute("SELECT current_database()").fetchone()
+    assert name is not None
+    db.execute(
+        sql.SQL("ALTER DATABASE {} SET timezone = 'Europe/Oslo'").format(sql.Identifier(name[0]))
+    )
+    with psycopg.connect(database_url) as session:
+        assert session.execute("SHOW timezone").fetchone() == ("Europe/Oslo",)
+    topic = topic_names["bekreftelser"]
+    # A whole hour a day ago (inside the broker's retention); records 90 and 30 minutes
+    # before it and 30 and 90 minutes after it.
+    hour_ms = (int(time.time()) // 3600 - 24) * 3600 * 1000
+    stamps = [hour_ms + minutes * 60_000 for minutes in (-90, -30, 30, 90)]
+    for record, stamp in zip(good_records(BEKREFTELSER, 4), stamps, strict=True):
+        producer.produce(topic, key=record.key, value=record.value, partition=0, timestamp=stamp)
+    assert producer.flush(30) == 0
+    backup_topic(settings, BEKREFTELSER)
+    naive = "%Y-%m-%dT%H:%M:%S"
+    since = datetime.fromtimestamp(hour_ms / 1000, UTC).strftime(naive)
+    until = datetime.fromtimestamp(hour_ms / 1000 + 7200, UTC).strftime(naive)
+
+    by_dagster, by_cli = f"{topic}.window-dagster", f"{topic}.window-cli"
+    config = {"table": "bekreftelser", "target_topic": by_dagster, "since": since, "until": until}
+    result = restore_job.execute_in_process(
+        run_config={"ops": {"restore_topic": {"config": config}}},
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    cli = CliRunner().invoke(
+        restore_command,
+        ["--table", "bekreftelser", "--target", by_cli, "--since", since, "--until", until],
+        env={
+            "KAFKA_BROKERS": services["KAFKA_BROKERS"],
+            "DATABASE_URL": database_url,
+            BEKREFTELSER.topic_env_var: topic,
+        },
+    )
+    assert cli.exit_code == 0, cli.output
+
+    def restored_stamps(target: str) -> list[int]:
+        return sorted(
+            r[4] for recs in read_topic(services["KAFKA_BROKERS"], target).values() for r in recs
+        )
+
+    # [since, until) in UTC: the records 30 and 90 minutes after the hour, in both.
+    assert restored_stamps(by_dagster) == stamps[2:]
+    assert restored_stamps(by_cli) == stamps[2:]
 
 
 def test_the_verify_check_passes_then_finds_a_changed_row(env, settings, producer, topic_names, db):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from backup_pipeline import db
 from backup_pipeline.backup.report import PassReport
 
 
@@ -69,6 +70,5 @@ def check_pass(conn: psycopg.Connection, report: PassReport) -> list[Discrepancy
                     part.no_record,
                 )
             )
-    if not conn.autocommit:
-        conn.commit()
+    db.end_read(conn)
     return problems

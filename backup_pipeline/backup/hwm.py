@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import psycopg
 
+from backup_pipeline import db
 from backup_pipeline.errors import ConcurrentWriterError
 
 HWM_TABLE = "bekreftelse_hwm"
@@ -40,8 +41,7 @@ def read(conn: psycopg.Connection, version: int, topic: str) -> dict[int, int]:
         "WHERE version = %s AND kafka_topic = %s",
         (version, topic),
     ).fetchall()
-    if not conn.autocommit:
-        conn.commit()
+    db.end_read(conn)
     return {partition: offset for partition, offset in rows}
 
 
@@ -98,8 +98,7 @@ class WriterLock:
             f"SELECT {function}(hashtext(%s), %s)",
             (key, self._version),
         ).fetchone()
-        if not self._conn.autocommit:
-            self._conn.commit()
+        db.end_read(self._conn)
         return bool(row and row[0])
 
     @property
@@ -117,9 +116,13 @@ class WriterLock:
         if wait_seconds <= 0:
             return False
         deadline = time.monotonic() + wait_seconds
-        asking = self._call("pg_try_advisory_lock", self._handoff_key)
+        asking = False
         try:
             while time.monotonic() < deadline:
+                # Ask until it sticks: the holder's handoff_requested() takes the handoff
+                # key for a moment at every poll, and one try that lands in that moment
+                # would leave the holder unaware of us for our whole wait.
+                asking = asking or self._call("pg_try_advisory_lock", self._handoff_key)
                 time.sleep(0.2)
                 if self._call("pg_try_advisory_lock", self._key):
                     self.held = True

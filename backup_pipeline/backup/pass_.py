@@ -440,7 +440,13 @@ def backup_topic(
                 version = versions.resolve_write_version(
                     conn, spec.table, requested, allow_retired=allow_retired
                 )
-                versions.ensure_recorded(conn, spec.table, topic, version)
+                versions.ensure_recorded(
+                    conn,
+                    spec.table,
+                    topic,
+                    version,
+                    allow_downgrade=settings.backup_allow_downgrade,
+                )
             return _backup_topic_once(
                 settings, spec, topic, version, max_records, lock_wait_seconds, lock_timeout
             )

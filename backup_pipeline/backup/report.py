@@ -22,10 +22,6 @@ class PartitionReport:
     error: str | None = None
 
     @property
-    def start_offset(self) -> int:
-        return max(self.hwm_before + 1, self.log_start)
-
-    @property
     def lag(self) -> int:
         return max(0, self.end_offset - (self.hwm_after + 1))
 

@@ -33,6 +33,12 @@ def migrate_command() -> None:
         click.echo(f"migrated {db.describe(settings)} from {before or 'empty'} to {after}")
 
 
+_PROMOTE_HELP = (
+    "Make a caught-up re-ingestion the serving version (and retire the old one), as the "
+    "deployment's sensors do; without it the command only says what this would do."
+)
+
+
 @click.command("backup")
 @click.option(
     "--table",
@@ -49,12 +55,13 @@ def migrate_command() -> None:
 )
 @click.option(
     "--version",
-    type=int,
+    type=click.IntRange(1, 32767),
     default=None,
     help="Write into this version only (default: the serving version, and the one being "
     "re-ingested if any).",
 )
 @click.option("--allow-retired", is_flag=True, help="Allow --version to name a retired version.")
+@click.option("--promote", is_flag=True, help=_PROMOTE_HELP)
 @click.option(
     "--wait",
     type=float,
@@ -70,6 +77,7 @@ def backup_command(
     max_records: int | None,
     version: int | None,
     allow_retired: bool,
+    promote: bool,
     wait: float,
     no_migrate: bool,
 ) -> None:
@@ -82,12 +90,8 @@ def backup_command(
     for spec in TOPICS:
         if tables and spec.table not in tables:
             continue
-        if version is not None:
-            targets = [version]
-        else:
-            # As a sensor tick does: the serving version, and the target while it catches up.
-            state = _reconcile(settings, spec)
-            targets = [state.serving] + ([state.target] if state.reingesting else [])
+        # As a sensor tick does: the serving version, and the target while it catches up.
+        targets = [version] if version is not None else _reconcile(settings, spec).live_versions
         for v in targets:
             report = pass_.backup_topic(
                 settings,
@@ -99,13 +103,27 @@ def backup_command(
             )
             click.echo(report.summary())
             failed = failed or bool(report.errors)
-        click.echo(f"{spec.table}: {_reconcile(settings, spec).summary()}")
+        state = _reconcile(settings, spec, promote=promote)
+        click.echo(f"{spec.table}: {state.summary()}")
+        _echo_promotion_due(spec.table, state)
     if failed:
         sys.exit(1)
 
 
-def _reconcile(settings: Settings, spec: TopicSpec) -> VersionState:
-    """Record BACKUP_VERSION and promote a caught-up re-ingestion (versions.reconcile)."""
+def _echo_promotion_due(table: str, state: VersionState) -> None:
+    """A one-shot command moves the serving version only with --promote; say what that
+    would do when the re-ingestion has caught up."""
+    if state.promotion_due:
+        click.echo(
+            f"{table}: --promote would make version {state.target} serving and retire version "
+            f"{state.serving} (it has caught up: lag {state.target_lag}; the deployment's "
+            "sensors do this by themselves)"
+        )
+
+
+def _reconcile(settings: Settings, spec: TopicSpec, *, promote: bool = False) -> VersionState:
+    """Record BACKUP_VERSION and, with ``promote``, promote a caught-up re-ingestion
+    (versions.reconcile)."""
     from backup_pipeline import db, status, versions
     from backup_pipeline.backup import pass_
 
@@ -120,6 +138,8 @@ def _reconcile(settings: Settings, spec: TopicSpec) -> VersionState:
                 settings.backup_version,
                 marks,
                 caught_up_max_lag=settings.backup_caught_up_max_lag,
+                promote=promote,
+                allow_downgrade=settings.backup_allow_downgrade,
             )
     finally:
         consumer.close()
@@ -139,8 +159,9 @@ def _reconcile(settings: Settings, spec: TopicSpec) -> VersionState:
     default=None,
     help="Show this version (default: the serving one, and the one being re-ingested).",
 )
+@click.option("--promote", is_flag=True, help=_PROMOTE_HELP)
 @friendly_errors
-def status_command(tables: tuple[str, ...], version: int | None) -> None:
+def status_command(tables: tuple[str, ...], version: int | None, promote: bool) -> None:
     """Per table: versions and re-ingestion progress, unacknowledged problems; per
     partition: HWM, end offset, lag, quarantined and lost records."""
     from backup_pipeline import db, status
@@ -160,6 +181,8 @@ def status_command(tables: tuple[str, ...], version: int | None) -> None:
                     caught_up_max_lag=settings.backup_caught_up_max_lag,
                     timeout=settings.kafka_timeout_seconds,
                     version=version,
+                    promote=promote,
+                    allow_downgrade=settings.backup_allow_downgrade,
                 )
                 for spec in TOPICS
                 if not tables or spec.table in tables
@@ -167,3 +190,5 @@ def status_command(tables: tuple[str, ...], version: int | None) -> None:
     finally:
         consumer.close()
     click.echo(status.render(statuses))
+    for table_status in statuses:
+        _echo_promotion_due(table_status.table, table_status.state)

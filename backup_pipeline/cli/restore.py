@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import closing
-from datetime import UTC, datetime
+from datetime import datetime
 
 import click
 
 from backup_pipeline import db
-from backup_pipeline.backed_up import Selection
+from backup_pipeline.backed_up import Selection, restore_time
 from backup_pipeline.cli.common import echo_versions, friendly_errors, maybe_migrate
 from backup_pipeline.positions import plan as positions
 from backup_pipeline.progress import TerminalProgress
@@ -36,22 +36,11 @@ def _parse_offsets(values: tuple[str, ...]) -> dict[int, tuple[int | None, int |
     return ranges
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-def _keys(longs: tuple[int, ...], hexes: tuple[str, ...]) -> tuple[bytes, ...] | None:
-    keys = [n.to_bytes(8, "big", signed=True) for n in longs]
+def _hex_keys(hexes: tuple[str, ...]) -> list[bytes]:
     try:
-        keys += [bytes.fromhex(h) for h in hexes]
+        return [bytes.fromhex(h) for h in hexes]
     except ValueError:
         raise click.BadParameter("expected hexadecimal bytes", param_hint="--key-hex") from None
-    return tuple(keys) if keys else None
-
-
-_DATETIME = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"])
 
 
 @click.command("restore")
@@ -63,8 +52,8 @@ _DATETIME = click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%
 @click.option("--target", default=None, help="Target topic (default <topic>.restored-<UTC>).")
 @click.option("--partition", "partitions", type=int, multiple=True, help="Only these.")
 @click.option("--offsets", multiple=True, help="PARTITION:FIRST-LAST, inclusive; repeatable.")
-@click.option("--since", type=_DATETIME, default=None, help="Record timestamp >= (UTC).")
-@click.option("--until", type=_DATETIME, default=None, help="Record timestamp < (UTC).")
+@click.option("--since", default=None, help="Record timestamp >= this ISO-8601 time (naive = UTC).")
+@click.option("--until", default=None, help="Record timestamp < this ISO-8601 time (naive = UTC).")
 @click.option("--key", "keys", type=int, multiple=True, help="Record key (a long); repeatable.")
 @click.option("--key-hex", "key_hexes", multiple=True, help="Record key bytes in hex.")
 @click.option("--arbeidssoeker-id", "person_ids", type=int, multiple=True, help="Person id.")
@@ -106,8 +95,8 @@ def restore_command(
     target: str | None,
     partitions: tuple[int, ...],
     offsets: tuple[str, ...],
-    since: datetime | None,
-    until: datetime | None,
+    since: str | None,
+    until: str | None,
     keys: tuple[int, ...],
     key_hexes: tuple[str, ...],
     person_ids: tuple[int, ...],
@@ -131,7 +120,17 @@ def restore_command(
         raise click.UsageError("--as-of and --apply go with --consumer-groups")
     # Bad input fails before anything is written.
     groups = positions.parse_groups(consumer_groups) if consumer_groups else None
-    as_of_time = positions.parse_time(as_of) if as_of else None
+    as_of_time = restore_time(as_of, "--as-of") if as_of else None
+    selection = Selection.of(
+        partitions=partitions,
+        offsets=_parse_offsets(offsets),
+        since=since,
+        until=until,
+        record_keys=keys,
+        raw_keys=_hex_keys(key_hexes),
+        arbeidssoeker_ids=person_ids,
+        include_quarantined=include_quarantined,
+    )
     if resume_run is not None and consumer_groups and _completed(resume_run):
         # Nothing left to restore: only the positions (their plan, or its commit).
         _positions(
@@ -152,15 +151,6 @@ def restore_command(
                 accept_new_timestamps=accept_new_timestamps,
             )
         else:
-            selection = Selection(
-                partitions=partitions or None,
-                offsets=_parse_offsets(offsets),
-                since=_utc(since),
-                until=_utc(until),
-                keys=_keys(keys, key_hexes),
-                arbeidssoeker_ids=person_ids or None,
-                include_quarantined=include_quarantined,
-            )
             request = RestoreRequest(
                 table=table,
                 source_topic=source_topic,
@@ -275,7 +265,7 @@ def _check_positions(settings: Settings, topic: str, asked: str, as_of: str | No
         settings,
         run_id,
         positions.parse_groups(asked),
-        positions.parse_time(as_of) if as_of else None,
+        restore_time(as_of, "--as-of") if as_of else None,
     )
     checks = positions.check(settings, planned)
     for c in checks:

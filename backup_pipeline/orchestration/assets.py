@@ -11,7 +11,7 @@ import dagster as dg
 import psycopg
 
 from backup_pipeline import logs, versions
-from backup_pipeline.backup import pass_
+from backup_pipeline.backup import pass_, records
 from backup_pipeline.backup.report import PassReport
 from backup_pipeline.errors import BackupError
 from backup_pipeline.orchestration import checks
@@ -27,16 +27,27 @@ from backup_pipeline.topics import TopicSpec, ValueFormat
 
 GROUP = "kafka_backup"
 
-_COMMON_COLUMNS = {
-    "version": ("smallint", "Backup version (BACKUP_VERSION); part of the primary key."),
-    "kafka_partition": ("smallint", "Kafka partition the record came from."),
-    "kafka_offset": ("bigint", "Kafka offset of the record within its partition."),
-    "record_key": ("bigint", "Record key: Kafka LongSerializer, signed 64-bit."),
-    "traceparent": ("varchar(58)", "Last W3C traceparent header; NULL if none or too long."),
-    "kafka_timestamp": ("timestamptz", "Record timestamp (NULL for rows from before it was kept)."),
-    "kafka_timestamp_type": ("smallint", "1 = CreateTime, 2 = LogAppendTime."),
-    "headers": ("jsonb", "All headers in order: [[name, base64 value or null], ...]."),
+# What each column of a backup table means. Which columns there are, in which order and of
+# which type is the writer's (records.columns, the COPY column list); a test holds both to
+# the migrated tables.
+_DESCRIPTIONS = {
+    "version": "Backup version (BACKUP_VERSION); part of the primary key.",
+    "kafka_partition": "Kafka partition the record came from.",
+    "kafka_offset": "Kafka offset of the record within its partition.",
+    "record_key": "Record key: Kafka LongSerializer, signed 64-bit.",
+    "arbeidssoeker_id": "arbeidssoekerId from the JSON event.",
+    "traceparent": "Last W3C traceparent header (at most 58 characters); NULL if none or too long.",
+    "kafka_timestamp": "Record timestamp (NULL for rows from before it was kept).",
+    "kafka_timestamp_type": "1 = CreateTime, 2 = LogAppendTime.",
+    "headers": "All headers in order: [[name, base64 value or null], ...].",
+    "kafka_value": "The value bytes exactly as produced.",
 }
+_DATA_DESCRIPTIONS = {
+    ValueFormat.JSON_EVENT: "The JSON event (hendelseType, periodeId, ...).",
+    ValueFormat.BYTES: "The value bytes exactly as produced (Confluent-framed Avro).",
+}
+# COPY's type names as the other assets show them.
+_SQL_TYPES = {"int2": "smallint", "int4": "integer", "int8": "bigint"}
 
 
 def topic_asset_key(spec: TopicSpec) -> dg.AssetKey:
@@ -44,17 +55,11 @@ def topic_asset_key(spec: TopicSpec) -> dg.AssetKey:
 
 
 def column_schema(spec: TopicSpec) -> dg.TableSchema:
-    columns = dict(_COMMON_COLUMNS)
-    if spec.value_format is ValueFormat.JSON_EVENT:
-        columns["arbeidssoeker_id"] = ("bigint", "arbeidssoekerId from the JSON event.")
-        columns["data"] = ("jsonb", "The JSON event (hendelseType, periodeId, ...).")
-        columns["kafka_value"] = ("bytea", "The value bytes exactly as produced.")
-    else:
-        columns["data"] = ("bytea", "The value bytes exactly as produced (Confluent-framed Avro).")
+    descriptions = {**_DESCRIPTIONS, "data": _DATA_DESCRIPTIONS[spec.value_format]}
     return dg.TableSchema(
         columns=[
-            dg.TableColumn(name, type_, description=description)
-            for name, (type_, description) in columns.items()
+            dg.TableColumn(name, _SQL_TYPES.get(type_, type_), description=descriptions[name])
+            for name, type_ in records.columns(spec.value_format)
         ]
     )
 

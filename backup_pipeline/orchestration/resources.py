@@ -117,6 +117,7 @@ class BackupEngine(dg.ConfigurableResource):
                     settings.backup_version,
                     marks,
                     caught_up_max_lag=settings.backup_caught_up_max_lag,
+                    allow_downgrade=settings.backup_allow_downgrade,
                 )
                 serving = topic_status(conn, consumer, spec, topic, state.serving, timeout, marks)
                 unack = acknowledge.unacknowledged(conn, topic, state.serving)

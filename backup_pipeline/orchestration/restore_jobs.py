@@ -1,10 +1,8 @@
 """Restore and verify from the Dagster UI: a restore job and a scheduled verify check."""
 
-from datetime import datetime
-
 import dagster as dg
 
-from backup_pipeline.backed_up import Selection
+from backup_pipeline.backed_up import Selection, restore_time
 from backup_pipeline.orchestration.assets import topic_asset_key
 from backup_pipeline.positions import plan as positions
 from backup_pipeline.progress import LogProgress
@@ -25,13 +23,13 @@ class RestoreConfig(dg.Config):
     """The same choices as `backup-pipeline restore`."""
 
     table: str
-    version: int | None = None  # None: BACKUP_VERSION
+    version: int | None = None  # None: the serving version (backup_versions)
     target_topic: str | None = None  # None: <topic>.restored-<UTC timestamp>
     partitions: list[int] | None = None
     # {"0": [first, last]}: inclusive offsets per partition; null for an open end.
     offsets: dict[str, list[int | None]] | None = None
-    since: str | None = None  # ISO-8601, inclusive
-    until: str | None = None  # ISO-8601, exclusive
+    since: str | None = None  # ISO-8601 (naive = UTC, as in the CLI), inclusive
+    until: str | None = None  # ISO-8601 (naive = UTC), exclusive
     record_keys: list[int] | None = None  # LongSerializer keys
     arbeidssoeker_ids: list[int] | None = None
     include_quarantined: bool = False
@@ -50,21 +48,6 @@ class RestoreConfig(dg.Config):
     consumer_groups: list[str] | None = None
     as_of: str | None = None
     apply_positions: bool = False
-
-
-def _selection(config: RestoreConfig) -> Selection:
-    offsets = {int(p): (b[0], b[1]) for p, b in (config.offsets or {}).items()}
-    return Selection(
-        partitions=tuple(config.partitions) if config.partitions else None,
-        offsets=offsets,
-        since=datetime.fromisoformat(config.since) if config.since else None,
-        until=datetime.fromisoformat(config.until) if config.until else None,
-        keys=tuple(k.to_bytes(8, "big", signed=True) for k in config.record_keys)
-        if config.record_keys
-        else None,
-        arbeidssoeker_ids=tuple(config.arbeidssoeker_ids) if config.arbeidssoeker_ids else None,
-        include_quarantined=config.include_quarantined,
-    )
 
 
 def _metadata(report: RestoreReport) -> dict[str, dg.MetadataValue]:
@@ -101,7 +84,15 @@ def restore_topic(context: dg.OpExecutionContext, config: RestoreConfig) -> dg.O
             table=config.table,
             version=config.version,
             target_topic=config.target_topic,
-            selection=_selection(config),
+            selection=Selection.of(
+                partitions=config.partitions,
+                offsets=config.offsets,
+                since=config.since,
+                until=config.until,
+                record_keys=config.record_keys or (),
+                arbeidssoeker_ids=config.arbeidssoeker_ids,
+                include_quarantined=config.include_quarantined,
+            ),
             origin_headers=config.origin_headers,
             force=config.force,
             keep_source_retention=config.keep_source_retention,
@@ -121,7 +112,7 @@ def _positions(
 ) -> dict[str, dg.MetadataValue]:
     settings = load_settings()
     groups = positions.parse_groups(",".join(config.consumer_groups or []))
-    as_of = positions.parse_time(config.as_of) if config.as_of else None
+    as_of = restore_time(config.as_of, "as_of") if config.as_of else None
     planned = positions.plan(settings, run_id, groups, as_of)
     context.log.info(planned.text())
     committed = positions.apply(settings, planned) if config.apply_positions else 0

@@ -1,4 +1,6 @@
-"""Keep the run history bounded: three topics x a run every 30 s adds up."""
+"""Keep the run history bounded: Dagster prunes nothing by itself, and each topic starts a
+follow run per version every BACKUP_RUN_FOLLOW_SECONDS (144 a day at the default 600 s),
+besides decode, verify and restore runs, each with its event log."""
 
 from datetime import UTC, datetime, timedelta
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 import psycopg
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
@@ -31,15 +31,6 @@ from backup_pipeline.topics import spec_for_table
 ALL = "all"
 # Groups Kafka lets an admin commit for: nobody is a member.
 IDLE_STATES = frozenset({"empty", "dead"})
-
-
-def parse_time(text: str) -> datetime:
-    """An ISO-8601 time; a time without a zone is UTC (as everywhere in the CLI)."""
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise RestoreError(f"--as-of {text!r}: expected an ISO-8601 time") from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def parse_groups(text: str) -> list[str] | None:
