@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import psycopg
 from confluent_kafka import Consumer
 
-from backup_pipeline import acknowledge, versions
-from backup_pipeline.backup import hwm, source
+from backup_pipeline import acknowledge, hwm, versions
+from backup_pipeline.backup import source
 from backup_pipeline.topics import TopicSpec
 from backup_pipeline.versions import VersionState
 

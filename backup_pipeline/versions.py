@@ -20,8 +20,8 @@ from enum import StrEnum
 import psycopg
 from confluent_kafka import Consumer
 
-from backup_pipeline import CURRENT_VERSION
-from backup_pipeline.backup import hwm, source
+from backup_pipeline import CURRENT_VERSION, hwm
+from backup_pipeline.backup import source
 from backup_pipeline.errors import BackupError
 from backup_pipeline.topics import TOPICS, TopicSpec
 

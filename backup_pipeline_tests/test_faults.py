@@ -34,10 +34,10 @@ from backup_pipeline import db
 from backup_pipeline.backup import pass_
 from backup_pipeline.backup.report import PassReport
 from backup_pipeline.errors import BackupError, KafkaUnavailableError
-from backup_pipeline.kafka_config import consumer_config
+from backup_pipeline.kafka.admin import create_topics
+from backup_pipeline.kafka.config import consumer_config
 from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TOPICS, TopicSpec, spec_for_table
-from backup_pipeline.topics_admin import create_topics
 from backup_pipeline_tests.support import (
     DevServices,
     accounted,

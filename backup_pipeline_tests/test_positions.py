@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from backup_pipeline.backup.pass_ import backup_topic
 from backup_pipeline.cli.restore import restore_command, verify_command
 from backup_pipeline.errors import RestoreError
-from backup_pipeline.kafka_config import CONSUMER_GROUP_ID
+from backup_pipeline.kafka.config import CONSUMER_GROUP_ID
 from backup_pipeline.positions import plan as positions
 from backup_pipeline.positions.snapshot import GroupFilter, take_snapshot, thin
 from backup_pipeline.restore.run import RestoreRequest, restore
@@ -264,7 +264,7 @@ def test_bad_input_is_one_line_and_commits_nothing(
     runner = CliRunner()
     # A target with more partitions than the source.
     wide = f"{topic}.wide"
-    from backup_pipeline.topics_admin import create_topics
+    from backup_pipeline.kafka.admin import create_topics
 
     create_topics(admin, [wide], partitions=5, config={"retention.ms": "-1"})
     result = runner.invoke(

@@ -41,7 +41,7 @@ from backup_pipeline import db as db_module
 from backup_pipeline.backup.pass_ import backup_topic
 from backup_pipeline.demo.data import DemoRecord
 from backup_pipeline.errors import BackupError, ConfigError, KafkaUnavailableError
-from backup_pipeline.kafka_config import CONSUMER_GROUP_ID, consumer_config
+from backup_pipeline.kafka.config import CONSUMER_GROUP_ID, consumer_config
 from backup_pipeline.migrate import migrate
 from backup_pipeline.orchestration import assets as asset_defs
 from backup_pipeline.orchestration.resources import BackupEngine

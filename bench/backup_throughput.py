@@ -159,7 +159,7 @@ class Resources:
         self._seq = 0
 
     def new_topic(self, table: str, suffix: str = "") -> str:
-        from backup_pipeline.topics_admin import create_topics
+        from backup_pipeline.kafka.admin import create_topics
 
         name = f"bench.{table}.{self.run_id}{suffix}"
         self.topics.append(name)

@@ -14,13 +14,13 @@ from typing import cast
 import psycopg
 from confluent_kafka import Consumer
 
-from backup_pipeline import db, versions
-from backup_pipeline.backup import hwm, source, writer
+from backup_pipeline import db, hwm, versions
+from backup_pipeline.backup import source, writer
 from backup_pipeline.backup.records import KafkaMessage, MappedBatch, columns, map_messages
 from backup_pipeline.backup.report import PartitionReport, PassReport
 from backup_pipeline.backup.writer_lanes import WriterLanes
 from backup_pipeline.errors import BackupError, ConfigError
-from backup_pipeline.kafka_config import consumer_config
+from backup_pipeline.kafka.config import consumer_config
 from backup_pipeline.retry import (
     DEFAULT_LOCK_TIMEOUT_SECONDS,
     DatabaseUnavailableError,

@@ -1,5 +1,5 @@
 """Restore: backed-up records of one version written back to Kafka, exactly, resumably.
 
 The run (run), the target topic's checks (target_topic) and the runs' bookkeeping in
-PostgreSQL (bookkeeping). What restore shares with verify is in ``backed_up``.
+PostgreSQL (bookkeeping). What restore shares with verify is in ``backup_pipeline.readback``.
 """

@@ -28,8 +28,12 @@ import psycopg
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
 
-from backup_pipeline import backed_up, db, versions
-from backup_pipeline.backed_up import (
+from backup_pipeline import db, readback, versions
+from backup_pipeline.backup import source
+from backup_pipeline.errors import RestoreError
+from backup_pipeline.kafka.config import admin_config, consumer_config, producer_config
+from backup_pipeline.progress import ProgressCallback, tick
+from backup_pipeline.readback import (
     BackedUpRecord,
     Headers,
     Selection,
@@ -38,10 +42,6 @@ from backup_pipeline.backed_up import (
     resolve_spec,
     split_origin,
 )
-from backup_pipeline.backup import source
-from backup_pipeline.errors import RestoreError
-from backup_pipeline.kafka_config import admin_config, consumer_config, producer_config
-from backup_pipeline.progress import ProgressCallback, tick
 from backup_pipeline.restore import bookkeeping, target_topic
 from backup_pipeline.restore.bookkeeping import Checkpoint, RunRow
 from backup_pipeline.settings import Settings
@@ -130,13 +130,13 @@ def restore(
         source = target_topic.source_configs(admin, source_topic, timeout)
         source_configs = None if source is None else source[1]
         if source is None:  # deleted: as many partitions as the backup knows
-            needed = backed_up.known_partitions(conn, spec, source_topic, version)
+            needed = readback.known_partitions(conn, spec, source_topic, version)
         else:
             needed = source[0]
         if needed == 0:
             raise RestoreError(f"nothing of {source_topic} version {version} is backed up")
         extents = {
-            p: backed_up.extent(conn, spec, source_topic, version, p, request.selection)
+            p: readback.extent(conn, spec, source_topic, version, p, request.selection)
             for p in range(needed)
             if request.selection.wants(p)
         }
@@ -186,7 +186,7 @@ def _target_config(
     request: RestoreRequest,
     target: str,
     source_configs: dict[str, tuple[str, bool]] | None,
-    extents: dict[int, backed_up.Extent],
+    extents: dict[int, readback.Extent],
     timeout: float,
 ) -> tuple[dict[str, str] | None, str]:
     """The configuration to create a new target with (None: it exists) and a description
@@ -208,7 +208,7 @@ def _target_config(
 def _existing_target_config(
     admin: AdminClient,
     target: str,
-    extents: dict[int, backed_up.Extent],
+    extents: dict[int, readback.Extent],
     allow: bool,
     timeout: float,
     *,
@@ -271,7 +271,7 @@ def resume(
         ):
             spec = spec_for_table(run.source_table)
             extents = {
-                p: backed_up.extent(
+                p: readback.extent(
                     conn,
                     spec,
                     run.source_topic,
@@ -376,7 +376,7 @@ def _restore_partitions(
             conn, run.run_id, partition, marks[partition].end
         )
     totals = {
-        p: backed_up.count(
+        p: readback.count(
             conn,
             spec,
             run.source_topic,
@@ -391,7 +391,7 @@ def _restore_partitions(
         total=sum(totals.values()), max_records=max_records, checkpoint_every=checkpoint_every
     )
     for partition, checkpoint in plan.items():
-        records = backed_up.read_partition(
+        records = readback.read_partition(
             conn,
             spec,
             run.source_topic,

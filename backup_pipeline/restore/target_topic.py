@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, ResourceType
 
-from backup_pipeline.backed_up import Extent
 from backup_pipeline.backup import source
 from backup_pipeline.errors import KafkaUnavailableError, RestoreError
-from backup_pipeline.kafka_config import serve_admin_log
-from backup_pipeline.topics_admin import create_topics
+from backup_pipeline.kafka.admin import create_topics
+from backup_pipeline.kafka.config import serve_admin_log
+from backup_pipeline.readback import Extent
 
 # Restored records keep their original timestamps, so time retention judges them by when
 # they were first written: a new target keeps every record until someone decides otherwise.

@@ -30,12 +30,12 @@ from dataclasses import dataclass, field, replace
 import psycopg
 from confluent_kafka import Consumer
 
-from backup_pipeline import backed_up, db, versions
-from backup_pipeline.backed_up import BackedUpRecord, Selection, resolve_spec
-from backup_pipeline.backup import hwm, source
+from backup_pipeline import db, hwm, readback, versions
+from backup_pipeline.backup import source
 from backup_pipeline.errors import BackupError
-from backup_pipeline.kafka_config import consumer_config
+from backup_pipeline.kafka.config import consumer_config
 from backup_pipeline.progress import ProgressCallback, tick
+from backup_pipeline.readback import BackedUpRecord, Selection, resolve_spec
 from backup_pipeline.restore import bookkeeping
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TopicSpec, ValueFormat
@@ -173,7 +173,7 @@ class _Context:
 
     def backup(self, partition: int, after: int, last: int | None) -> Iterator[BackedUpRecord]:
         selection = _bounded(self.selection, partition, last)
-        return backed_up.read_partition(
+        return readback.read_partition(
             self.conn,
             self.spec,
             self.source_topic,
@@ -304,11 +304,11 @@ def _only_in_backup(ctx: _Context, part: PartitionVerify) -> None:
     below = Selection(
         offsets={part.partition: (None, part.log_start - 1)}, include_quarantined=True
     )
-    records = backed_up.count(
+    records = readback.count(
         ctx.conn, ctx.spec, ctx.source_topic, ctx.version, part.partition, below
     )
     if records:
-        first = backed_up.first_at_or_after(
+        first = readback.first_at_or_after(
             ctx.conn, ctx.spec, ctx.source_topic, ctx.version, part.partition, 0
         )
         assert first is not None
@@ -422,7 +422,7 @@ def _count(
     if ctx.progress is None:
         return 0
     bounded = _bounded(selection, partition, last)
-    return backed_up.count(
+    return readback.count(
         ctx.conn, ctx.spec, ctx.source_topic, ctx.version, partition, bounded, after=after
     )
 
@@ -434,7 +434,7 @@ def _excluded(ctx: _Context, part: PartitionVerify, last_source: int | None) -> 
     p = part.partition
 
     def count(selection: Selection) -> int:
-        return backed_up.count(ctx.conn, ctx.spec, ctx.source_topic, ctx.version, p, selection)
+        return readback.count(ctx.conn, ctx.spec, ctx.source_topic, ctx.version, p, selection)
 
     everything = count(_bounded(None, p, last_source))
     if not ctx.selection.wants(p):
