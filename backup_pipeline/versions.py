@@ -21,8 +21,8 @@ import psycopg
 from confluent_kafka import Consumer
 
 from backup_pipeline import CURRENT_VERSION, hwm
-from backup_pipeline.backup import source
 from backup_pipeline.errors import BackupError
+from backup_pipeline.kafka import client
 from backup_pipeline.topics import TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ def resolve_read_version(conn: psycopg.Connection, table: str, requested: int | 
     raise BackupError(f"{table} has no serving version; give --version")
 
 
-def _lags(hwms: dict[int, int], snapshot: dict[int, source.Watermarks]) -> tuple[int, int, int]:
+def _lags(hwms: dict[int, int], snapshot: dict[int, client.Watermarks]) -> tuple[int, int, int]:
     """(lag, records Kafka holds, of those accounted for) of one version's HWMs."""
     lag = total = done = 0
     for partition, marks in snapshot.items():
@@ -276,7 +276,7 @@ def reconcile(
     spec: TopicSpec,
     topic: str,
     target: int | None,
-    snapshot: dict[int, source.Watermarks],
+    snapshot: dict[int, client.Watermarks],
     *,
     caught_up_max_lag: int,
 ) -> VersionState:
@@ -358,7 +358,7 @@ def version_state(
     *,
     caught_up_max_lag: int,
     timeout: float = 10.0,
-    snapshot: dict[int, source.Watermarks] | None = None,
+    snapshot: dict[int, client.Watermarks] | None = None,
 ) -> VersionState:
     """Deprecated: ``reconcile`` with a spec. Kept for callers that know only the topic.
 
@@ -368,8 +368,8 @@ def version_state(
     """
     if snapshot is None:
         snapshot = {
-            p: source.watermarks(consumer, topic, p, timeout)
-            for p in source.partitions(consumer, topic, timeout)
+            p: client.watermarks(consumer, topic, p, timeout)
+            for p in client.partitions(consumer, topic, timeout)
         }
     row = conn.execute(
         "SELECT table_name FROM backup_versions WHERE kafka_topic = %s LIMIT 1", (topic,)

@@ -34,6 +34,7 @@ from backup_pipeline import db
 from backup_pipeline.backup import pass_
 from backup_pipeline.backup.report import PassReport
 from backup_pipeline.errors import BackupError, KafkaUnavailableError
+from backup_pipeline.kafka import client
 from backup_pipeline.kafka.admin import create_topics
 from backup_pipeline.kafka.config import consumer_config
 from backup_pipeline.settings import Settings, load_settings
@@ -388,7 +389,7 @@ def test_the_pass_bounds_lock_waits_by_default_and_keeps_a_lock_timeout_from_the
         ("from_url", target.database_url + "?options=-c%20lock_timeout%3D1500"),
     ):
         settings = target.settings(DATABASE_URL=url)
-        consumer = pass_.open_consumer(settings)
+        consumer = client.open_consumer(settings)
         try:
             with closing(db.connect(settings, autocommit=True)) as conn:
                 pass_.run_pass(conn, consumer, BEKREFTELSER, target.topics["bekreftelser"], 1)

@@ -20,7 +20,7 @@ from backup_pipeline.backup.records import KafkaMessage, MappedBatch, columns, m
 from backup_pipeline.backup.report import PartitionReport, PassReport
 from backup_pipeline.backup.writer_lanes import WriterLanes
 from backup_pipeline.errors import BackupError, ConfigError
-from backup_pipeline.kafka.config import consumer_config
+from backup_pipeline.kafka import client
 from backup_pipeline.retry import (
     DEFAULT_LOCK_TIMEOUT_SECONDS,
     DatabaseUnavailableError,
@@ -110,7 +110,7 @@ def _run_locked(
     plan = source.ReadPlan()
     by_partition: dict[int, PartitionReport] = {}
     for partition in partitions:
-        marks = source.watermarks(consumer, topic, partition, kafka_timeout)
+        marks = client.watermarks(consumer, topic, partition, kafka_timeout)
         before = hwms[partition]
         part = PartitionReport(
             partition=partition,
@@ -242,7 +242,7 @@ def follow(
     ``should_stop()`` says so, or when a pass reports an error. Each pass's report is
     yielded once its batches committed; ``outcome`` says how it ended.
     """
-    partitions = source.partitions(consumer, topic, kafka_timeout)
+    partitions = client.partitions(consumer, topic, kafka_timeout)
     with _writer_lock(
         conn, topic, version, partitions, lock_wait_seconds, lock_timeout, more_connections
     ) as held:
@@ -253,7 +253,7 @@ def follow(
             started = time.monotonic()
             if outcome.passes:
                 # A partition added while we follow gets its -1 row on the next pass.
-                partitions = source.partitions(consumer, topic, kafka_timeout)
+                partitions = client.partitions(consumer, topic, kafka_timeout)
                 hwm.ensure_rows(conn, version, topic, partitions)
             report = PassReport(topic=topic, table=spec.table, version=version)
             _run_locked(
@@ -344,10 +344,10 @@ def _why_end(lock: hwm.WriterLock, until: float, should_stop: Callable[[], bool]
 
 def _has_new_records(consumer: Consumer, topic: str, last: PassReport, timeout: float) -> bool:
     done = {p.partition: p.hwm_after for p in last.partitions}
-    for partition in source.partitions(consumer, topic, timeout):
+    for partition in client.partitions(consumer, topic, timeout):
         if partition not in done:
             return True
-        if source.watermarks(consumer, topic, partition, timeout).end > done[partition] + 1:
+        if client.watermarks(consumer, topic, partition, timeout).end > done[partition] + 1:
             return True
     return False
 
@@ -405,10 +405,6 @@ def _bound_lock_waits(conn: psycopg.Connection, seconds: float) -> None:
         conn.execute(
             "SELECT set_config('lock_timeout', %s, false)", (f"{round(seconds * 1000)}ms",)
         )
-
-
-def open_consumer(settings: Settings) -> Consumer:
-    return Consumer(consumer_config(settings))
 
 
 def backup_topic(
@@ -524,7 +520,7 @@ _Connections = tuple[psycopg.Connection, Consumer, Callable[[], Sequence[psycopg
 def _connections(settings: Settings, topic: str, version: int) -> Iterator[_Connections]:
     """A consumer and a writer connection (more on demand), closed afterwards; a PostgreSQL
     error becomes one readable line."""
-    consumer = open_consumer(settings)
+    consumer = client.open_consumer(settings)
     try:
         with ExitStack() as stack:
             connections = [stack.enter_context(closing(_connect(settings)))]

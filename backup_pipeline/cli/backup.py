@@ -107,9 +107,9 @@ def backup_command(
 def _reconcile(settings: Settings, spec: TopicSpec) -> VersionState:
     """Record BACKUP_VERSION and promote a caught-up re-ingestion (versions.reconcile)."""
     from backup_pipeline import db, status, versions
-    from backup_pipeline.backup import pass_
+    from backup_pipeline.kafka import client
 
-    consumer = pass_.open_consumer(settings)
+    consumer = client.open_consumer(settings)
     try:
         marks = status.snapshot(consumer, settings.topic(spec), settings.kafka_timeout_seconds)
         with closing(db.connect(settings, autocommit=True)) as conn:
@@ -144,10 +144,10 @@ def status_command(tables: tuple[str, ...], version: int | None) -> None:
     """Per table: versions and re-ingestion progress, unacknowledged problems; per
     partition: HWM, end offset, lag, quarantined and lost records."""
     from backup_pipeline import db, status
-    from backup_pipeline.backup import pass_
+    from backup_pipeline.kafka import client
 
     settings = load_settings()
-    consumer = pass_.open_consumer(settings)
+    consumer = client.open_consumer(settings)
     try:
         with closing(db.connect(settings, autocommit=True)) as conn:
             statuses = [

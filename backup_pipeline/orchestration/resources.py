@@ -14,6 +14,7 @@ from backup_pipeline.acknowledge import Unacknowledged
 from backup_pipeline.backup import accounting, pass_
 from backup_pipeline.backup.accounting import Discrepancy
 from backup_pipeline.backup.report import PassReport
+from backup_pipeline.kafka import client
 from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.status import PartitionStatus, snapshot, topic_status
 from backup_pipeline.topics import TopicSpec
@@ -104,7 +105,7 @@ class BackupEngine(dg.ConfigurableResource):
 
     def _topic_view(self, spec: TopicSpec, timeout: float) -> TopicView:
         settings = self.settings()
-        consumer = pass_.open_consumer(settings)
+        consumer = client.open_consumer(settings)
         try:
             with closing(db.connect(settings, autocommit=True)) as conn:
                 topic = settings.topic(spec)

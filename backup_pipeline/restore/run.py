@@ -31,6 +31,7 @@ from confluent_kafka.admin import AdminClient
 from backup_pipeline import db, readback, versions
 from backup_pipeline.backup import source
 from backup_pipeline.errors import RestoreError
+from backup_pipeline.kafka import client
 from backup_pipeline.kafka.config import admin_config, consumer_config, producer_config
 from backup_pipeline.progress import ProgressCallback, tick
 from backup_pipeline.readback import (
@@ -421,7 +422,7 @@ def _reconcile(
     run: RunRow,
     checkpoint: Checkpoint,
     records: Iterator[BackedUpRecord],
-    marks: source.Watermarks,
+    marks: client.Watermarks,
 ) -> int:
     """Enter records delivered after the last checkpoint in the map; return how many."""
     start = checkpoint.next_target_offset

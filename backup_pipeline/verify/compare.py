@@ -31,8 +31,8 @@ import psycopg
 from confluent_kafka import Consumer
 
 from backup_pipeline import db, hwm, readback, versions
-from backup_pipeline.backup import source
 from backup_pipeline.errors import BackupError
+from backup_pipeline.kafka import client
 from backup_pipeline.kafka.config import consumer_config
 from backup_pipeline.progress import ProgressCallback, tick
 from backup_pipeline.readback import BackedUpRecord, Selection, resolve_spec
@@ -256,10 +256,10 @@ def verify(
         )
         rng = random.Random(seed)
         hwms = hwm.read(conn, ctx.version, source_name)
-        for partition in source.partitions(consumer, target, ctx.timeout):
+        for partition in client.partitions(consumer, target, ctx.timeout):
             if partitions is not None and partition not in partitions:
                 continue
-            marks = source.watermarks(consumer, target, partition, ctx.timeout)
+            marks = client.watermarks(consumer, target, partition, ctx.timeout)
             part = PartitionVerify(partition, marks.log_start, marks.end)
             if ctx.restored:
                 _verify_restored(ctx, part, sample, rng)
