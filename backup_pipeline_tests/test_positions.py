@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from backup_pipeline.backup.pass_ import backup_topic
+from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.cli.restore import restore_command, verify_command
 from backup_pipeline.errors import RestoreError
 from backup_pipeline.kafka.config import CONSUMER_GROUP_ID

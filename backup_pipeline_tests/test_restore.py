@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import Producer, TopicPartition
 
-from backup_pipeline.backup.pass_ import backup_topic
+from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.cli.restore import restore_command, verify_command
 from backup_pipeline.demo.data import event_value
 from backup_pipeline.errors import RestoreError

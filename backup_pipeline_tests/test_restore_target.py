@@ -25,7 +25,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from backup_pipeline.backup.pass_ import backup_topic
+from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.cli.restore import restore_command
 from backup_pipeline.errors import KafkaUnavailableError, RestoreError
 from backup_pipeline.kafka.admin import create_topics

@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Consumer
 
 from backup_pipeline import versions
-from backup_pipeline.backup.pass_ import backup_topic
+from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.errors import BackupError, KafkaUnavailableError
 from backup_pipeline.kafka import client
 from backup_pipeline.settings import Settings

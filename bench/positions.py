@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from backup_pipeline import db
-from backup_pipeline.backup.pass_ import backup_topic
+from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.kafka.admin import create_topics
 from backup_pipeline.migrate import migrate
 from backup_pipeline.positions import plan as positions

@@ -74,7 +74,7 @@ def backup_command(
     no_migrate: bool,
 ) -> None:
     """Run one backup pass per topic and version and print the reports."""
-    from backup_pipeline.backup import pass_
+    from backup_pipeline.backup.run import backup_topic
 
     settings = load_settings()
     maybe_migrate(settings, no_migrate)
@@ -89,7 +89,7 @@ def backup_command(
             state = _reconcile(settings, spec)
             targets = [state.serving] + ([state.target] if state.reingesting else [])
         for v in targets:
-            report = pass_.backup_topic(
+            report = backup_topic(
                 settings,
                 spec,
                 version=v,
