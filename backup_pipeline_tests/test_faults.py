@@ -32,6 +32,7 @@ from confluent_kafka.admin import AdminClient
 
 from backup_pipeline import db
 from backup_pipeline.backup import pass_
+from backup_pipeline.backup.options import PassOptions
 from backup_pipeline.backup.report import PassReport
 from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.errors import BackupError, KafkaUnavailableError
@@ -160,9 +161,7 @@ def engine_pass(
 ) -> PassReport:
     """One pass through the engine's run_pass, with its own consumer configuration."""
     settings = target.settings(BACKUP_BATCH_SIZE="20")
-    options = replace(
-        pass_.PassOptions.from_settings(settings), no_progress_seconds=no_progress_seconds
-    )
+    options = replace(PassOptions.from_settings(settings), no_progress_seconds=no_progress_seconds)
     consumer = Consumer(consumer_config(settings, **consumer_overrides))
     try:
         with closing(db.connect(settings, autocommit=True)) as conn:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from backup_pipeline import failpoints, logs, retry
-from backup_pipeline.backup.pass_ import PassOptions
+from backup_pipeline.backup.options import PassOptions
 from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.errors import ConfigError
 from backup_pipeline.settings import Settings, env_setting, load_settings

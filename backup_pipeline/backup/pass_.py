@@ -11,18 +11,18 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 import psycopg
 from confluent_kafka import Consumer
 
 from backup_pipeline import hwm
 from backup_pipeline.backup import source, writer
+from backup_pipeline.backup.options import PassOptions
 from backup_pipeline.backup.records import KafkaMessage, MappedBatch, columns, map_messages
 from backup_pipeline.backup.report import PartitionReport, PassReport
 from backup_pipeline.backup.writer_lanes import WriterLanes
 from backup_pipeline.kafka import client
-from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TopicSpec
 
 log = logging.getLogger(__name__)
@@ -30,48 +30,6 @@ log = logging.getLogger(__name__)
 # What the report needs of a batch once it committed: HWM moves, bytes read, offsets
 # without a record per partition (not the records: those are freed once stored).
 _BatchTag = tuple[dict[int, tuple[int, int]], int, dict[int, int]]
-
-
-def _default(name: str) -> Any:
-    return Settings.model_fields[name].default
-
-
-@dataclass(frozen=True)
-class PassOptions:
-    """How a pass reads and writes. ``from_settings`` is the way in; the defaults are
-    Settings' own (a pass built without settings behaves as one with default settings)."""
-
-    batch_size: int = _default("backup_batch_size")
-    batch_bytes: int = _default("backup_batch_bytes")
-    # 0 = no cap: read up to the end offsets captured when the pass starts.
-    max_records: int = _default("backup_max_records_per_pass")
-    kafka_timeout: float = _default("kafka_timeout_seconds")
-    # Seconds (0 = none) a statement waits for a lock someone else holds on a table.
-    lock_timeout: float = _default("backup_lock_timeout_seconds")
-    no_progress_seconds: float = _default("kafka_no_progress_seconds")
-    # Between the passes of a follow run, once caught up.
-    poll_seconds: float = _default("backup_follow_poll_seconds")
-    # How long to wait for another pass's writer lock (0 = skip at once).
-    lock_wait_seconds: float = 0.0
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, *, max_records: int | None = None, lock_wait_seconds: float = 0.0
-    ) -> PassOptions:
-        """``max_records`` defaults to BACKUP_MAX_RECORDS_PER_PASS (a follow run passes
-        BACKUP_FOLLOW_PASS_RECORDS)."""
-        return cls(
-            batch_size=settings.backup_batch_size,
-            batch_bytes=settings.backup_batch_bytes,
-            max_records=(
-                settings.backup_max_records_per_pass if max_records is None else max_records
-            ),
-            kafka_timeout=settings.kafka_timeout_seconds,
-            lock_timeout=settings.backup_lock_timeout_seconds,
-            no_progress_seconds=settings.kafka_no_progress_seconds,
-            poll_seconds=settings.backup_follow_poll_seconds,
-            lock_wait_seconds=lock_wait_seconds,
-        )
 
 
 def run_pass(

@@ -11,7 +11,8 @@ import psycopg
 from confluent_kafka import Consumer
 
 from backup_pipeline import db, versions
-from backup_pipeline.backup.pass_ import FollowOutcome, PassOptions, follow, run_pass
+from backup_pipeline.backup.options import PassOptions
+from backup_pipeline.backup.pass_ import FollowOutcome, follow, run_pass
 from backup_pipeline.backup.report import PassReport
 from backup_pipeline.errors import BackupError, ConfigError
 from backup_pipeline.kafka import client
