@@ -60,6 +60,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy backup_pipeline
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .

@@ -54,7 +54,7 @@ def configure(level: int = logging.INFO, fmt: str | None = None) -> None:
     root.handlers = [handler]
     root.setLevel(level)
     # librdkafka and psycopg are quiet at WARNING; their INFO is not for operators.
-    # backup_pipeline.librdkafka: the client's reconnect chatter (kafka_config.py); the
+    # backup_pipeline.librdkafka: the client's reconnect chatter (kafka/config.py); the
     # command's own one-line error says what failed, Dagster's run log keeps the detail.
     for noisy in (
         "confluent_kafka",

@@ -19,12 +19,8 @@ from tenacity import (
 )
 
 from backup_pipeline.errors import BackupError, KafkaUnavailableError
-from backup_pipeline.settings import Settings, env_setting
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PASS_ATTEMPTS: int = Settings.model_fields["backup_pass_attempts"].default
-DEFAULT_LOCK_TIMEOUT_SECONDS: float = Settings.model_fields["backup_lock_timeout_seconds"].default
 
 
 class DatabaseUnavailableError(BackupError):
@@ -35,19 +31,9 @@ class DatabaseUnavailableError(BackupError):
 TRANSIENT = (DatabaseUnavailableError, KafkaUnavailableError)
 
 
-# Read when a pass starts (BACKUP_PASS_ATTEMPTS, BACKUP_LOCK_TIMEOUT_SECONDS), through
-# Settings' own rules: a pass's callers hold no Settings object for these.
-def pass_attempts() -> int:
-    return env_setting("backup_pass_attempts", int)
-
-
-def lock_timeout_seconds() -> float:
-    """0 disables the bound (then only a statement_timeout, if any, ends a lock wait)."""
-    return env_setting("backup_lock_timeout_seconds", float)
-
-
 def pass_retrying(what: str, attempts: int, max_wait: float = 20.0) -> Retrying:
-    """Retry ``TRANSIENT`` errors up to ``attempts`` times, waiting 2, 4, 8... seconds."""
+    """Retry ``TRANSIENT`` errors up to ``attempts`` times (BACKUP_PASS_ATTEMPTS, from the
+    caller's Settings), waiting 2, 4, 8... seconds."""
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None

@@ -256,10 +256,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 def env_setting(name: str, kind: type[T], environ: Mapping[str, str] | None = None) -> T:
     """One ``Settings`` field, read from ``environ`` (default ``os.environ``) when it is used.
 
-    For code without a ``Settings`` object at hand: the retry policy inside a pass, log
-    set-up before a command loads its settings, Dagster definitions and ops that need no
-    Kafka. Same rules, default and one-line ``ConfigError`` as ``load_settings``; ``kind``
-    is the field's type, for the type checker.
+    For code without a ``Settings`` object at hand: log set-up before a command loads its
+    settings, failpoints, Dagster definitions and ops that need no Kafka. Code that holds a
+    ``Settings`` (a backup pass among them) reads its fields instead. Same rules, default
+    and one-line ``ConfigError`` as ``load_settings``; ``kind`` is the field's type, for the
+    type checker.
     """
     field = Settings.model_fields[name]
     alias = str(field.validation_alias)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import psycopg
 from confluent_kafka import Consumer
 
-from backup_pipeline import acknowledge, db, versions
-from backup_pipeline.backup import hwm, source
+from backup_pipeline import acknowledge, db, hwm, versions
+from backup_pipeline.kafka import client
 from backup_pipeline.topics import TopicSpec
 from backup_pipeline.versions import VersionState
 
@@ -32,11 +32,11 @@ class PartitionStatus:
         return max(0, self.end_offset - (done + 1))
 
 
-def snapshot(consumer: Consumer, topic: str, timeout: float) -> dict[int, source.Watermarks]:
+def snapshot(consumer: Consumer, topic: str, timeout: float) -> dict[int, client.Watermarks]:
     """Every partition's log start and end offset, asked once per caller."""
     return {
-        p: source.watermarks(consumer, topic, p, timeout)
-        for p in source.partitions(consumer, topic, timeout)
+        p: client.watermarks(consumer, topic, p, timeout)
+        for p in client.partitions(consumer, topic, timeout)
     }
 
 
@@ -47,7 +47,7 @@ def topic_status(
     topic: str,
     version: int,
     timeout: float = 10.0,
-    marks: dict[int, source.Watermarks] | None = None,
+    marks: dict[int, client.Watermarks] | None = None,
 ) -> list[PartitionStatus]:
     hwms = hwm.read(conn, version, topic)
     quarantined: dict[int, int] = dict(

@@ -19,9 +19,9 @@ from enum import StrEnum
 
 import psycopg
 
-from backup_pipeline import CURRENT_VERSION
-from backup_pipeline.backup import hwm, source
+from backup_pipeline import CURRENT_VERSION, hwm
 from backup_pipeline.errors import BackupError
+from backup_pipeline.kafka import client
 from backup_pipeline.topics import TopicSpec
 
 log = logging.getLogger(__name__)
@@ -278,7 +278,7 @@ def resolve_read_version(conn: psycopg.Connection, table: str, requested: int | 
     raise BackupError(f"{table} has no serving version; give --version")
 
 
-def _lags(hwms: dict[int, int], snapshot: dict[int, source.Watermarks]) -> tuple[int, int, int]:
+def _lags(hwms: dict[int, int], snapshot: dict[int, client.Watermarks]) -> tuple[int, int, int]:
     """(lag, records Kafka holds, of those accounted for) of one version's HWMs."""
     lag = total = done = 0
     for partition, marks in snapshot.items():
@@ -304,7 +304,7 @@ def reconcile(
     spec: TopicSpec,
     topic: str,
     target: int | None,
-    snapshot: dict[int, source.Watermarks],
+    snapshot: dict[int, client.Watermarks],
     *,
     caught_up_max_lag: int,
     promote: bool = True,

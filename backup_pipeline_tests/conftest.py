@@ -24,10 +24,10 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
+from backup_pipeline.kafka.admin import create_topics
 from backup_pipeline.migrate import migrate
 from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TOPICS
-from backup_pipeline.topics_admin import create_topics
 from backup_pipeline_tests import waits
 from backup_pipeline_tests.support import (
     REPO,

@@ -28,9 +28,9 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from backup_pipeline.backed_up import split_origin
 from backup_pipeline.demo.data import DemoRecord, awkward_record, good_record
 from backup_pipeline.migrate import migrate
+from backup_pipeline.readback import split_origin
 from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TOPICS, TopicSpec
 from backup_pipeline_tests.waits import bounded, scaled, wait_until

@@ -7,8 +7,8 @@ import threading
 import psycopg
 from confluent_kafka import Producer
 
-from backup_pipeline.backup import hwm
-from backup_pipeline.backup.pass_ import backup_topic
+from backup_pipeline import hwm
+from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.demo.data import DemoRecord
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline_tests.support import (

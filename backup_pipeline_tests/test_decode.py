@@ -617,7 +617,7 @@ def test_the_decoded_assets_report_rows_undecodables_schema_ids_and_fail_their_c
 def test_records_from_kafka_are_backed_up_raw_and_decoded_one_row_each(
     settings, db, producer, topic_names
 ):
-    from backup_pipeline.backup.pass_ import backup_topic
+    from backup_pipeline.backup.run import backup_topic
     from backup_pipeline.decode.run import decode_once
     from backup_pipeline.demo.data import good_record
     from backup_pipeline.topics import spec_for_table

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +32,15 @@ from confluent_kafka.admin import AdminClient
 
 from backup_pipeline import db
 from backup_pipeline.backup import pass_
+from backup_pipeline.backup.options import PassOptions
 from backup_pipeline.backup.report import PassReport
+from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.errors import BackupError, KafkaUnavailableError
-from backup_pipeline.kafka_config import consumer_config
+from backup_pipeline.kafka import client
+from backup_pipeline.kafka.admin import create_topics
+from backup_pipeline.kafka.config import consumer_config
 from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TOPICS, TopicSpec, spec_for_table
-from backup_pipeline.topics_admin import create_topics
 from backup_pipeline_tests.support import (
     DevServices,
     accounted,
@@ -158,18 +161,11 @@ def engine_pass(
 ) -> PassReport:
     """One pass through the engine's run_pass, with its own consumer configuration."""
     settings = target.settings(BACKUP_BATCH_SIZE="20")
+    options = replace(PassOptions.from_settings(settings), no_progress_seconds=no_progress_seconds)
     consumer = Consumer(consumer_config(settings, **consumer_overrides))
     try:
         with closing(db.connect(settings, autocommit=True)) as conn:
-            return pass_.run_pass(
-                conn,
-                consumer,
-                spec,
-                target.topics[spec.table],
-                1,
-                batch_size=20,
-                no_progress_seconds=no_progress_seconds,
-            )
+            return pass_.run_pass(conn, consumer, spec, target.topics[spec.table], 1, options)
     finally:
         consumer.close()
 
@@ -303,7 +299,7 @@ def test_kafka_down_longer_than_the_idle_bound_fails_the_pass_then_the_next_comp
     assert 1000 <= done < RECORDS
 
     target.services.up()
-    report = pass_.backup_topic(target.settings(), BEKREFTELSER)
+    report = backup_topic(target.settings(), BEKREFTELSER)
     assert report.lag == 0 and report.records == RECORDS - done
     assert_exactly_once(target, BEKREFTELSER, RECORDS)
 
@@ -311,17 +307,14 @@ def test_kafka_down_longer_than_the_idle_bound_fails_the_pass_then_the_next_comp
 # ------------------------------------------------- 10: locks and timeouts ----
 
 
-def test_a_table_lock_held_by_someone_else_fails_the_pass_after_the_lock_timeout(
-    target, monkeypatch
-):
+def test_a_table_lock_held_by_someone_else_fails_the_pass_after_the_lock_timeout(target):
     """LOCK TABLE ... ACCESS EXCLUSIVE in another session's open transaction: without a
     bound the pass would wait forever; with BACKUP_LOCK_TIMEOUT_SECONDS it fails with a
     clear error (not retried), and once the lock is gone the next pass completes."""
-    monkeypatch.setenv("BACKUP_LOCK_TIMEOUT_SECONDS", "2")
     topic = target.topics[BEKREFTELSER.table]
     produce_many(target.services.brokers, topic, BEKREFTELSER, RECORDS)
-    settings = target.settings(BACKUP_BATCH_SIZE="20")
-    future = in_thread(lambda: pass_.backup_topic(settings, BEKREFTELSER))
+    settings = target.settings(BACKUP_BATCH_SIZE="20", BACKUP_LOCK_TIMEOUT_SECONDS="2")
+    future = in_thread(lambda: backup_topic(settings, BEKREFTELSER))
     wait_until(lambda: progress(target, topic) >= 1000, 60, "the pass to commit batches")
     locker = target.connect()
     try:
@@ -343,7 +336,7 @@ def test_a_table_lock_held_by_someone_else_fails_the_pass_after_the_lock_timeout
         done = sum(m + 1 for m in assert_consistent(conn, BEKREFTELSER, topic).values())
     assert 1000 <= done < RECORDS
 
-    report = pass_.backup_topic(target.settings(), BEKREFTELSER)
+    report = backup_topic(target.settings(), BEKREFTELSER)
     assert report.lag == 0 and report.records == RECORDS - done
     assert_exactly_once(target, BEKREFTELSER, RECORDS)
 
@@ -356,7 +349,7 @@ def test_a_statement_timeout_rolls_back_the_whole_batch_and_the_next_pass_comple
     produce_many(target.services.brokers, topic, HENDELSER, RECORDS)
     timeout_url = target.database_url + "?options=-c%20statement_timeout%3D1500"
     settings = target.settings(DATABASE_URL=timeout_url, BACKUP_BATCH_SIZE="20")
-    future = in_thread(lambda: pass_.backup_topic(settings, HENDELSER))
+    future = in_thread(lambda: backup_topic(settings, HENDELSER))
     wait_until(lambda: progress(target, topic) >= 1000, 60, "the pass to commit batches")
     locker = target.connect()
     try:
@@ -373,22 +366,19 @@ def test_a_statement_timeout_rolls_back_the_whole_batch_and_the_next_pass_comple
 
     assert "statement timeout" in str(failed.value)
     assert 1000 <= done < RECORDS
-    report = pass_.backup_topic(target.settings(), HENDELSER)
+    report = backup_topic(target.settings(), HENDELSER)
     assert report.lag == 0 and report.records == RECORDS - done
     assert_exactly_once(target, HENDELSER, RECORDS)
 
 
-def test_the_pass_bounds_lock_waits_by_default_and_keeps_a_lock_timeout_from_the_url(
-    target, monkeypatch
-):
-    monkeypatch.delenv("BACKUP_LOCK_TIMEOUT_SECONDS", raising=False)
+def test_the_pass_bounds_lock_waits_by_default_and_keeps_a_lock_timeout_from_the_url(target):
     seen = {}
     for label, url in (
         ("default", target.database_url),
         ("from_url", target.database_url + "?options=-c%20lock_timeout%3D1500"),
     ):
         settings = target.settings(DATABASE_URL=url)
-        consumer = pass_.open_consumer(settings)
+        consumer = client.open_consumer(settings)
         try:
             with closing(db.connect(settings, autocommit=True)) as conn:
                 pass_.run_pass(conn, consumer, BEKREFTELSER, target.topics["bekreftelser"], 1)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import psycopg
 from confluent_kafka import Producer
 
-from backup_pipeline.backup import pass_
+from backup_pipeline.backup import pass_, run
 from backup_pipeline.backup.report import PassReport
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import spec_for_table
@@ -36,7 +36,7 @@ class Follower(threading.Thread):
 
     def run(self) -> None:
         try:
-            for report in pass_.follow_topic(
+            for report in run.follow_topic(
                 self.settings,
                 SPEC,
                 self.outcome,
@@ -87,7 +87,7 @@ def test_a_waiting_writer_takes_the_topic_over_from_a_follow_run(
     started = time.monotonic()
     # A CLI pass (or the Materialize button's run) waits for the lock: the follower, which
     # holds it, sees the request between passes and ends.
-    report = pass_.backup_topic(settings, SPEC, lock_wait_seconds=60)
+    report = run.backup_topic(settings, SPEC, lock_wait_seconds=60)
     assert report.skipped is None
     follower.join(bounded(60))
     assert not follower.is_alive() and follower.error is None
@@ -101,6 +101,6 @@ def test_a_follow_run_ends_when_its_time_is_up(
 ) -> None:
     produce(producer, topic_names[SPEC.table], good_records(SPEC, 3))
     outcome = pass_.FollowOutcome()
-    reports = list(pass_.follow_topic(settings, SPEC, outcome, version=1, seconds=2))
+    reports = list(run.follow_topic(settings, SPEC, outcome, version=1, seconds=2))
     assert outcome.ended_because == "its time is up"
     assert sum(r.rows for r in reports) == 3 and count(db) == 3

@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from backup_pipeline.backup import hwm
+from backup_pipeline import hwm
 from backup_pipeline_tests.waits import bounded, wait_until
 
 TOPIC = "t.writer-lock"

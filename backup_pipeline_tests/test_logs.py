@@ -6,7 +6,7 @@ import json
 import logging
 
 from backup_pipeline import logs
-from backup_pipeline.backup.pass_ import backup_topic
+from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline_tests.support import good_records, produce
 

@@ -8,7 +8,7 @@ import sys
 
 import psycopg
 
-from backup_pipeline.backup import pass_
+from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.migrate import VERSION_TABLE, current_revision, head_revision, migrate
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline_tests.support import make_settings
@@ -214,7 +214,7 @@ def test_migrate_adopts_an_existing_database_without_touching_a_row(
         ).fetchall() == [(1, topic, "serving")]
         assert conn.execute("SELECT count(*) FROM bekreftelser_current").fetchone() == (3,)
 
-    report = pass_.backup_topic(settings, spec_for_table("bekreftelser"))
+    report = backup_topic(settings, spec_for_table("bekreftelser"))
     assert report.rows == 2  # offsets 3 and 4: carried on from the adopted HWM
     with psycopg.connect(empty_database_url) as conn:
         rows = conn.execute(

@@ -12,13 +12,13 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from backup_pipeline.backed_up import restore_time
-from backup_pipeline.backup.pass_ import backup_topic
+from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.cli.restore import restore_command, verify_command
 from backup_pipeline.errors import RestoreError
-from backup_pipeline.kafka_config import CONSUMER_GROUP_ID
+from backup_pipeline.kafka.config import CONSUMER_GROUP_ID
 from backup_pipeline.positions import plan as positions
 from backup_pipeline.positions.snapshot import GroupFilter, take_snapshot, thin
+from backup_pipeline.readback import restore_time
 from backup_pipeline.restore.run import RestoreRequest, restore
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline_tests.support import (
@@ -265,7 +265,7 @@ def test_bad_input_is_one_line_and_commits_nothing(
     runner = CliRunner()
     # A target with more partitions than the source.
     wide = f"{topic}.wide"
-    from backup_pipeline.topics_admin import create_topics
+    from backup_pipeline.kafka.admin import create_topics
 
     create_topics(admin, [wide], partitions=5, config={"retention.ms": "-1"})
     result = runner.invoke(

@@ -14,16 +14,16 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import Producer, TopicPartition
 
-from backup_pipeline.backed_up import ORIGIN_HEADERS, Selection, split_origin
-from backup_pipeline.backup.pass_ import backup_topic
+from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.cli.restore import restore_command, verify_command
 from backup_pipeline.demo.data import event_value
 from backup_pipeline.errors import RestoreError
+from backup_pipeline.kafka.admin import create_topics
+from backup_pipeline.readback import ORIGIN_HEADERS, Selection, split_origin
 from backup_pipeline.restore import target_topic
 from backup_pipeline.restore.bookkeeping import offset_map
 from backup_pipeline.restore.run import RestoreRequest, restore, resume
 from backup_pipeline.topics import spec_for_table
-from backup_pipeline.topics_admin import create_topics
 from backup_pipeline.verify.compare import verify
 from backup_pipeline_tests.support import (
     delete_topic,

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from psycopg import sql
 
-from backup_pipeline.backup.pass_ import backup_topic
+from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.cli.restore import restore_command
 from backup_pipeline.definitions import defs
 from backup_pipeline.orchestration.assets import topic_asset_key

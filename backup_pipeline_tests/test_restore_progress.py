@@ -14,7 +14,7 @@ from typing import Any
 
 import dagster as dg
 
-from backup_pipeline.backup.pass_ import backup_topic
+from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.orchestration.restore_jobs import restore_job
 from backup_pipeline.progress import PROGRESS_EVERY, LogProgress
 from backup_pipeline.restore.run import RestoreRequest, restore

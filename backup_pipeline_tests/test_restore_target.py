@@ -25,10 +25,11 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from backup_pipeline.backed_up import Extent
-from backup_pipeline.backup.pass_ import backup_topic
+from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.cli.restore import restore_command
 from backup_pipeline.errors import KafkaUnavailableError, RestoreError
+from backup_pipeline.kafka.admin import create_topics
+from backup_pipeline.readback import Extent
 from backup_pipeline.restore import target_topic
 from backup_pipeline.restore.run import RestoreRequest, restore, resume
 from backup_pipeline.restore.target_topic import (
@@ -39,7 +40,6 @@ from backup_pipeline.restore.target_topic import (
     topic_configs,
 )
 from backup_pipeline.topics import spec_for_table
-from backup_pipeline.topics_admin import create_topics
 from backup_pipeline_tests.support import (
     delete_topic,
     good_records,

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -38,14 +38,15 @@ from dagster._serdes import serialize_value
 from psycopg import sql
 
 from backup_pipeline import db as db_module
-from backup_pipeline.backup.pass_ import backup_topic
+from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.demo.data import DemoRecord
 from backup_pipeline.errors import BackupError, ConfigError, KafkaUnavailableError
-from backup_pipeline.kafka_config import CONSUMER_GROUP_ID, consumer_config
+from backup_pipeline.kafka.config import CONSUMER_GROUP_ID, consumer_config
 from backup_pipeline.migrate import migrate
 from backup_pipeline.orchestration import assets as asset_defs
 from backup_pipeline.orchestration.resources import BackupEngine
-from backup_pipeline.settings import Settings, load_settings
+from backup_pipeline.settings import Settings
+from backup_pipeline.settings import load_settings as load_from
 from backup_pipeline.topics import TOPICS, spec_for_table
 from backup_pipeline_tests.support import REPO, good_records, hwms, key, produce
 from backup_pipeline_tests.waits import bounded, scaled, wait_until
@@ -55,10 +56,9 @@ HENDELSER = spec_for_table("bekreftelse_hendelser")
 TLS_EXPORTS = ("KAFKA_SSL_BROKERS", "KAFKA_SASL_SSL_BROKERS", "BACKUP_DEV_TLS_DIR")
 
 
-@pytest.fixture(autouse=True)
-def _one_attempt_per_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+def load_settings(env: Mapping[str, str]) -> Settings:
     # Refusals are what these tests are about: don't retry them (backup_pipeline.retry).
-    monkeypatch.setenv("BACKUP_PASS_ATTEMPTS", "1")
+    return load_from({"BACKUP_PASS_ATTEMPTS": "1", **env})
 
 
 @dataclass(frozen=True)

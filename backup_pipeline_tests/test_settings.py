@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 
 from backup_pipeline import failpoints, logs, retry
+from backup_pipeline.backup.options import PassOptions
+from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.errors import ConfigError
 from backup_pipeline.settings import Settings, env_setting, load_settings
+from backup_pipeline.topics import TOPICS
+from backup_pipeline_tests.test_kafka_config import closed_port
 
 PACKAGE = Path(__file__).resolve().parent.parent / "backup_pipeline"
 BROKERS = {"KAFKA_BROKERS": "127.0.0.1:9092"}
@@ -75,15 +79,27 @@ def test_env_setting_applies_the_fields_own_conversion() -> None:
     assert env_setting("sensor_interval_seconds", int, {"BACKUP_SENSOR_INTERVAL_SECONDS": "5"}) == 5
 
 
-def test_the_pass_reads_attempts_and_lock_timeout_when_it_starts(
-    monkeypatch: pytest.MonkeyPatch,
+def test_a_pass_takes_attempts_and_lock_timeout_from_its_settings_not_the_environment(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("BACKUP_PASS_ATTEMPTS", "7")
+    # The environment says otherwise: only the Settings in hand count.
+    monkeypatch.setenv("BACKUP_PASS_ATTEMPTS", "5")
     monkeypatch.setenv("BACKUP_LOCK_TIMEOUT_SECONDS", "0")
-    assert (retry.pass_attempts(), retry.lock_timeout_seconds()) == (7, 0.0)
-    monkeypatch.setenv("BACKUP_PASS_ATTEMPTS", "none")
-    with pytest.raises(ConfigError, match="BACKUP_PASS_ATTEMPTS"):
-        retry.pass_attempts()
+    settings = load_settings(
+        {
+            **BROKERS,
+            "DATABASE_URL": f"postgresql://nobody@127.0.0.1:{closed_port()}/nothing",
+            "BACKUP_PASS_ATTEMPTS": "1",
+            "BACKUP_LOCK_TIMEOUT_SECONDS": "7",
+        }
+    )
+    assert PassOptions.from_settings(settings).lock_timeout == 7.0
+    with (
+        caplog.at_level(logging.WARNING, logger="backup_pipeline.retry"),
+        pytest.raises(retry.DatabaseUnavailableError),
+    ):
+        backup_topic(settings, TOPICS[0])
+    assert [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()] == []
 
 
 def test_a_bad_log_format_leaves_readable_text_logs_until_settings_report_it(

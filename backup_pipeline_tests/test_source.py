@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from backup_pipeline.backup.source import Batch, ReadPlan, read, watermarks
+from backup_pipeline.backup.source import Batch, ReadPlan, read
 from backup_pipeline.errors import KafkaUnavailableError
+from backup_pipeline.kafka.client import watermarks
 from backup_pipeline_tests.fake_consumer import FakeConsumer, Log
 
 TOPIC = "t"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from confluent_kafka import Producer, TopicPartition
 
-from backup_pipeline.backed_up import Selection
-from backup_pipeline.backup.pass_ import backup_topic
+from backup_pipeline.backup.run import backup_topic
+from backup_pipeline.readback import Selection
 from backup_pipeline.restore.run import RestoreRequest, restore
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline.verify.compare import verify

@@ -12,9 +12,9 @@ import pytest
 from confluent_kafka import Consumer
 
 from backup_pipeline import versions
-from backup_pipeline.backup import source
-from backup_pipeline.backup.pass_ import backup_topic, open_consumer
+from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.errors import BackupError, KafkaUnavailableError
+from backup_pipeline.kafka import client
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TOPICS, spec_for_table
 from backup_pipeline.versions import VersionLifecycle, VersionState
@@ -31,19 +31,19 @@ SERVING, REINGESTING, RETIRED = (
 
 @pytest.fixture
 def consumer(settings: Settings) -> Iterator[Consumer]:
-    consumer = open_consumer(settings)
+    consumer = client.open_consumer(settings)
     yield consumer
     consumer.close()
 
 
-def snapshot(consumer: Consumer, topic: str) -> dict[int, source.Watermarks]:
+def snapshot(consumer: Consumer, topic: str) -> dict[int, client.Watermarks]:
     # A topic created a moment ago may not have elected its partition leaders yet.
     deadline = time.monotonic() + scaled(30)
     while True:
         try:
             return {
-                p: source.watermarks(consumer, topic, p, 10)
-                for p in source.partitions(consumer, topic, 10)
+                p: client.watermarks(consumer, topic, p, 10)
+                for p in client.partitions(consumer, topic, 10)
             }
         except KafkaUnavailableError:
             if time.monotonic() > deadline:

@@ -11,7 +11,8 @@ from concurrent.futures import Future
 import psycopg
 import pytest
 
-from backup_pipeline.backup import hwm, writer
+from backup_pipeline import hwm
+from backup_pipeline.backup import writer
 from backup_pipeline.backup.records import MappedBatch, columns, map_messages
 from backup_pipeline.backup.writer_lanes import WriterLanes
 from backup_pipeline.errors import BackupError

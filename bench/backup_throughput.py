@@ -3,7 +3,7 @@
 For each table: produce N realistic records to a fresh 3-partition topic, then in the same
 run and on the same machine time
 
-- the backup pass (``backup_pipeline.backup.pass_.backup_topic``) into a fresh migrated database,
+- the backup pass (``backup_pipeline.backup.run.backup_topic``) into a fresh migrated database,
   in a child process so its peak RSS is its own;
 - a raw binary COPY of the very same rows (read back from the topic and mapped with
   ``records.map_messages`` before the clock starts) into an identical empty table, one
@@ -159,7 +159,7 @@ class Resources:
         self._seq = 0
 
     def new_topic(self, table: str, suffix: str = "") -> str:
-        from backup_pipeline.topics_admin import create_topics
+        from backup_pipeline.kafka.admin import create_topics
 
         name = f"bench.{table}.{self.run_id}{suffix}"
         self.topics.append(name)
@@ -368,7 +368,7 @@ def _vm_kb(field_name: str) -> int:
 def child_main(job_path: str) -> None:
     """Entry of the child process: one backup pass, figures written as JSON."""
     job = json.loads(Path(job_path).read_text())
-    from backup_pipeline.backup.pass_ import backup_topic
+    from backup_pipeline.backup.run import backup_topic
     from backup_pipeline.settings import load_settings
 
     settings = load_settings(job["env"])

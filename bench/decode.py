@@ -102,7 +102,7 @@ def main() -> None:
     if args.child:
         child(*args.child)
         return
-    from backup_pipeline.backup.pass_ import backup_topic
+    from backup_pipeline.backup.run import backup_topic
     from backup_pipeline.migrate import migrate
 
     brokers = os.environ["KAFKA_BROKERS"]

@@ -83,7 +83,7 @@ def produce(
     from confluent_kafka import KafkaError, Message, Producer
 
     from backup_pipeline.demo.data import good_record
-    from backup_pipeline.kafka_config import producer_config
+    from backup_pipeline.kafka.config import producer_config
     from backup_pipeline.settings import load_settings
     from backup_pipeline.topics import spec_for_table
 
@@ -125,7 +125,7 @@ def produce(
 def partitions_of(tables: list[str]) -> dict[str, list[int]]:
     from confluent_kafka.admin import AdminClient
 
-    from backup_pipeline.kafka_config import admin_config
+    from backup_pipeline.kafka.config import admin_config
     from backup_pipeline.settings import load_settings
     from backup_pipeline.topics import spec_for_table
 

@@ -39,12 +39,13 @@ from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 from backup_pipeline import db, status
-from backup_pipeline.backup import pass_
+from backup_pipeline.backup import run as backup_run
+from backup_pipeline.kafka import client
+from backup_pipeline.kafka.admin import create_topics
 from backup_pipeline.metrics import server
 from backup_pipeline.migrate import migrate
 from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TOPICS
-from backup_pipeline.topics_admin import create_topics
 from backup_pipeline_tests.support import produce_many, with_dbname
 
 
@@ -62,7 +63,7 @@ def timed(action: Callable[[], object], times: int) -> list[float]:
 
 
 def status_like_the_cli(settings: Settings) -> None:
-    consumer = pass_.open_consumer(settings)
+    consumer = client.open_consumer(settings)
     try:
         with closing(db.connect(settings, autocommit=True)) as conn:
             for spec in TOPICS:
@@ -120,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         for spec in TOPICS:
             log(f"producing {args.records:,} records to {topics[spec.table]}")
             produce_many(brokers, topics[spec.table], spec, args.records)
-            pass_.backup_topic(settings, spec)
+            backup_run.backup_topic(settings, spec)
             produce_many(brokers, topics[spec.table], spec, args.more, seed=2)
-            pass_.backup_topic(settings, spec, max_records=args.more // 2)
+            backup_run.backup_topic(settings, spec, max_records=args.more // 2)
 
         started = time.perf_counter()
         running, first = server.start(settings, "127.0.0.1", 0)

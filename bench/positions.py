@@ -22,14 +22,14 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from backup_pipeline import db
-from backup_pipeline.backup.pass_ import backup_topic
+from backup_pipeline.backup.run import backup_topic
+from backup_pipeline.kafka.admin import create_topics
 from backup_pipeline.migrate import migrate
 from backup_pipeline.positions import plan as positions
 from backup_pipeline.positions.snapshot import take_snapshot
 from backup_pipeline.restore.run import RestoreRequest, restore
 from backup_pipeline.settings import load_settings
 from backup_pipeline.topics import spec_for_table
-from backup_pipeline.topics_admin import create_topics
 from backup_pipeline_tests.support import delete_topic, end_offsets, produce_many, with_dbname
 
 SPEC = spec_for_table("bekreftelser")

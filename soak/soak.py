@@ -39,8 +39,8 @@ from confluent_kafka.admin import AdminClient
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backup_pipeline.demo.data import awkward_record, good_record
+from backup_pipeline.kafka.admin import create_topics
 from backup_pipeline.topics import TOPICS, TopicSpec
-from backup_pipeline.topics_admin import create_topics
 from backup_pipeline_tests.support import (
     REPO,
     DagsterServer,

@@ -1,4 +1,6 @@
-"""One backup pass of one topic and one version: Kafka -> PostgreSQL, exactly once."""
+"""One backup pass of one topic and one version, and the follow loop of passes: the
+algorithm, given its connections and a ``PassOptions`` (how they are opened, retried and
+closed is ``backup.run``)."""
 
 from __future__ import annotations
 
@@ -7,28 +9,20 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import cast
 
 import psycopg
 from confluent_kafka import Consumer
 
-from backup_pipeline import db, versions
-from backup_pipeline.backup import hwm, source, writer
+from backup_pipeline import hwm
+from backup_pipeline.backup import source, writer
+from backup_pipeline.backup.options import PassOptions
 from backup_pipeline.backup.records import KafkaMessage, MappedBatch, columns, map_messages
 from backup_pipeline.backup.report import PartitionReport, PassReport
 from backup_pipeline.backup.writer_lanes import WriterLanes
-from backup_pipeline.errors import BackupError, ConfigError
-from backup_pipeline.kafka_config import consumer_config
-from backup_pipeline.retry import (
-    DEFAULT_LOCK_TIMEOUT_SECONDS,
-    DatabaseUnavailableError,
-    lock_timeout_seconds,
-    pass_attempts,
-    pass_retrying,
-)
-from backup_pipeline.settings import Settings
+from backup_pipeline.kafka import client
 from backup_pipeline.topics import TopicSpec
 
 log = logging.getLogger(__name__)
@@ -44,23 +38,16 @@ def run_pass(
     spec: TopicSpec,
     topic: str,
     version: int,
+    options: PassOptions | None = None,
     *,
-    batch_size: int = 10_000,
-    batch_bytes: int = 8 * 1024 * 1024,
-    max_records: int = 0,
-    lock_wait_seconds: float = 0.0,
-    kafka_timeout: float = 10.0,
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
     more_connections: Callable[[], Sequence[psycopg.Connection]] | None = None,
-    no_progress_seconds: float = 300.0,
 ) -> PassReport:
     """Back up ``topic`` into ``spec.table`` from each partition's HWM to its end offset.
 
     ``conn`` must be a dedicated autocommit connection: it holds the writer lock for the
-    pass, and each batch is its own explicit transaction. ``lock_timeout`` (seconds, 0 =
-    none) bounds how long a statement waits for a lock someone else holds on a table.
-    ``more_connections`` opens further connections to write on (writer_lanes), called once
-    the lock is held, so a pass that skips or waits holds only one.
+    pass, and each batch is its own explicit transaction. ``more_connections`` opens
+    further connections to write on (writer_lanes), called once the lock is held, so a pass
+    that skips or waits holds only one.
     """
     # One pass is a follow run with no time to follow: the same lock, HWM rows and read.
     outcome = FollowOutcome()
@@ -72,15 +59,9 @@ def run_pass(
             topic,
             version,
             outcome,
+            options,
             until=0.0,
-            batch_size=batch_size,
-            batch_bytes=batch_bytes,
-            max_records=max_records,
-            lock_wait_seconds=lock_wait_seconds,
-            kafka_timeout=kafka_timeout,
-            lock_timeout=lock_timeout,
             more_connections=more_connections,
-            no_progress_seconds=no_progress_seconds,
         )
     )
     if outcome.skipped:
@@ -98,19 +79,14 @@ def _run_locked(
     version: int,
     report: PassReport,
     partitions: list[int],
-    *,
-    batch_size: int,
-    batch_bytes: int,
-    max_records: int,
-    kafka_timeout: float,
+    options: PassOptions,
     extra_connections: list[psycopg.Connection],
-    no_progress_seconds: float = 300.0,
 ) -> None:
     hwms = hwm.read(conn, version, topic)
     plan = source.ReadPlan()
     by_partition: dict[int, PartitionReport] = {}
     for partition in partitions:
-        marks = source.watermarks(consumer, topic, partition, kafka_timeout)
+        marks = client.watermarks(consumer, topic, partition, options.kafka_timeout)
         before = hwms[partition]
         part = PartitionReport(
             partition=partition,
@@ -173,10 +149,10 @@ def _run_locked(
             consumer,
             topic,
             plan,
-            batch_size=batch_size,
-            batch_bytes=batch_bytes,
-            max_records=max_records,
-            idle_timeout=no_progress_seconds,
+            batch_size=options.batch_size,
+            batch_bytes=options.batch_bytes,
+            max_records=options.max_records,
+            idle_timeout=options.no_progress_seconds,
         ):
             moves = {p: (planned[p], new) for p, new in batch.hwms.items() if new != planned[p]}
             messages = cast(list[KafkaMessage], batch.messages)
@@ -219,33 +195,25 @@ def follow(
     topic: str,
     version: int,
     outcome: FollowOutcome,
+    options: PassOptions | None = None,
     *,
     until: float,
-    poll_seconds: float = 1.0,
     should_stop: Callable[[], bool] = lambda: False,
-    batch_size: int = 10_000,
-    batch_bytes: int = 8 * 1024 * 1024,
-    max_records: int = 0,
-    lock_wait_seconds: float = 0.0,
-    kafka_timeout: float = 10.0,
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
     more_connections: Callable[[], Sequence[psycopg.Connection]] | None = None,
-    no_progress_seconds: float = 300.0,
 ) -> Iterator[PassReport]:
     """Passes one after another, holding the writer lock, until ``until`` (monotonic).
 
     Each pass is an ordinary pass (HWM to the end offsets captured when it starts, rows and
-    HWMs committed batch by batch, ``max_records`` at most); between passes, once caught up,
-    it looks for new records every ``poll_seconds``. So a record is stored about a poll
-    interval after Kafka acknowledged it, without starting a process per pass. It ends early
-    when another writer asks for the topic (handoff: see hwm.WriterLock), when
-    ``should_stop()`` says so, or when a pass reports an error. Each pass's report is
-    yielded once its batches committed; ``outcome`` says how it ended.
+    HWMs committed batch by batch, ``options.max_records`` at most); between passes, once
+    caught up, it looks for new records every ``options.poll_seconds``. So a record is
+    stored about a poll interval after Kafka acknowledged it, without starting a process
+    per pass. It ends early when another writer asks for the topic (handoff: see
+    hwm.WriterLock), when ``should_stop()`` says so, or when a pass reports an error. Each
+    pass's report is yielded once its batches committed; ``outcome`` says how it ended.
     """
-    partitions = source.partitions(consumer, topic, kafka_timeout)
-    with _writer_lock(
-        conn, topic, version, partitions, lock_wait_seconds, lock_timeout, more_connections
-    ) as held:
+    options = options or PassOptions()
+    partitions = client.partitions(consumer, topic, options.kafka_timeout)
+    with _writer_lock(conn, topic, version, partitions, options, more_connections) as held:
         if held is None:
             outcome.skipped = _busy(topic, version)
             return
@@ -253,23 +221,11 @@ def follow(
             started = time.monotonic()
             if outcome.passes:
                 # A partition added while we follow gets its -1 row on the next pass.
-                partitions = source.partitions(consumer, topic, kafka_timeout)
+                partitions = client.partitions(consumer, topic, options.kafka_timeout)
                 hwm.ensure_rows(conn, version, topic, partitions)
             report = PassReport(topic=topic, table=spec.table, version=version)
             _run_locked(
-                conn,
-                consumer,
-                spec,
-                topic,
-                version,
-                report,
-                partitions,
-                batch_size=batch_size,
-                batch_bytes=batch_bytes,
-                max_records=max_records,
-                kafka_timeout=kafka_timeout,
-                extra_connections=held.extra,
-                no_progress_seconds=no_progress_seconds,
+                conn, consumer, spec, topic, version, report, partitions, options, held.extra
             )
             report.duration_seconds = time.monotonic() - started
             outcome.passes += 1
@@ -281,8 +237,8 @@ def follow(
             if report.lag > 0 and not (reason := _why_end(held.lock, until, should_stop)):
                 continue  # a capped pass: go on at once
             while not (reason := _why_end(held.lock, until, should_stop)):
-                time.sleep(max(0.0, min(poll_seconds, until - time.monotonic())))
-                if _has_new_records(consumer, topic, report, kafka_timeout):
+                time.sleep(max(0.0, min(options.poll_seconds, until - time.monotonic())))
+                if _has_new_records(consumer, topic, report, options.kafka_timeout):
                     break
             if reason:
                 outcome.ended_because = reason
@@ -302,8 +258,7 @@ def _writer_lock(
     topic: str,
     version: int,
     partitions: list[int],
-    lock_wait_seconds: float,
-    lock_timeout: float,
+    options: PassOptions,
     more_connections: Callable[[], Sequence[psycopg.Connection]] | None,
 ) -> Iterator[_Held | None]:
     """Hold the writer lock of (topic, version) for the body; None when another pass holds it.
@@ -312,17 +267,17 @@ def _writer_lock(
     picked up by the next. Further connections open only once the lock is held, so a pass
     that skips or waits holds one.
     """
-    _prepare(conn, lock_timeout)
+    _prepare(conn, options.lock_timeout)
     hwm.ensure_rows(conn, version, topic, partitions)
     lock = hwm.WriterLock(conn, topic, version)
-    if not lock.acquire(lock_wait_seconds):
+    if not lock.acquire(options.lock_wait_seconds):
         log.info(_busy(topic, version))
         yield None
         return
     try:
         extra = list(more_connections()) if more_connections else []
         for other in extra:
-            _prepare(other, lock_timeout)
+            _prepare(other, options.lock_timeout)
         yield _Held(lock, extra)
     finally:
         lock.release()
@@ -344,10 +299,10 @@ def _why_end(lock: hwm.WriterLock, until: float, should_stop: Callable[[], bool]
 
 def _has_new_records(consumer: Consumer, topic: str, last: PassReport, timeout: float) -> bool:
     done = {p.partition: p.hwm_after for p in last.partitions}
-    for partition in source.partitions(consumer, topic, timeout):
+    for partition in client.partitions(consumer, topic, timeout):
         if partition not in done:
             return True
-        if source.watermarks(consumer, topic, partition, timeout).end > done[partition] + 1:
+        if client.watermarks(consumer, topic, partition, timeout).end > done[partition] + 1:
             return True
     return False
 
@@ -405,176 +360,3 @@ def _bound_lock_waits(conn: psycopg.Connection, seconds: float) -> None:
         conn.execute(
             "SELECT set_config('lock_timeout', %s, false)", (f"{round(seconds * 1000)}ms",)
         )
-
-
-def open_consumer(settings: Settings) -> Consumer:
-    return Consumer(consumer_config(settings))
-
-
-def backup_topic(
-    settings: Settings,
-    spec: TopicSpec,
-    *,
-    version: int | None = None,
-    max_records: int | None = None,
-    lock_wait_seconds: float = 0.0,
-    allow_retired: bool = False,
-) -> PassReport:
-    """One pass with connections made from settings, closed afterwards.
-
-    ``version`` defaults to BACKUP_VERSION, else the version recorded as serving
-    (versions.resolve_write_version); the Dagster layer passes the previous version while a
-    new one is still being re-ingested. A retired version raises versions.RetiredVersionError
-    unless ``allow_retired``. A version written for the first time is recorded in
-    backup_versions. A pass whose PostgreSQL or Kafka connection failed is run again
-    (BACKUP_PASS_ATTEMPTS in all, default 3): it resumes from the HWMs its committed
-    batches left, so nothing is stored twice. The report is that of the last attempt.
-    """
-    topic = settings.topic(spec)
-    requested = settings.backup_version if version is None else version
-    lock_timeout = lock_timeout_seconds()
-    attempts = pass_attempts()
-    for attempt in pass_retrying(f"backup of {topic}", attempts):
-        with attempt:
-            with closing(_connect(settings)) as conn:
-                version = versions.resolve_write_version(
-                    conn, spec.table, requested, allow_retired=allow_retired
-                )
-                versions.ensure_recorded(
-                    conn,
-                    spec.table,
-                    topic,
-                    version,
-                    allow_downgrade=settings.backup_allow_downgrade,
-                )
-            return _backup_topic_once(
-                settings, spec, topic, version, max_records, lock_wait_seconds, lock_timeout
-            )
-    raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
-
-
-def follow_topic(
-    settings: Settings,
-    spec: TopicSpec,
-    outcome: FollowOutcome,
-    *,
-    version: int,
-    seconds: float,
-    should_stop: Callable[[], bool] = lambda: False,
-    lock_wait_seconds: float = 0.0,
-) -> Iterator[PassReport]:
-    """:func:`follow` for ``seconds`` with connections made from settings, closed afterwards.
-
-    A lost PostgreSQL or Kafka connection is retried like a pass (BACKUP_PASS_ATTEMPTS);
-    the retry resumes from the committed HWMs and keeps the same end time.
-    """
-    topic = settings.topic(spec)
-    until = time.monotonic() + seconds
-    lock_timeout = lock_timeout_seconds()
-    for attempt in pass_retrying(f"follow run of {topic} version {version}", pass_attempts()):
-        with attempt, _connections(settings, topic, version) as (conn, consumer, more):
-            yield from follow(
-                conn,
-                consumer,
-                spec,
-                topic,
-                version,
-                outcome,
-                until=until,
-                poll_seconds=settings.backup_follow_poll_seconds,
-                should_stop=should_stop,
-                batch_size=settings.backup_batch_size,
-                batch_bytes=settings.backup_batch_bytes,
-                max_records=settings.backup_follow_pass_records,
-                lock_wait_seconds=lock_wait_seconds,
-                kafka_timeout=settings.kafka_timeout_seconds,
-                lock_timeout=lock_timeout,
-                more_connections=more,
-                no_progress_seconds=settings.kafka_no_progress_seconds,
-            )
-
-
-def _backup_topic_once(
-    settings: Settings,
-    spec: TopicSpec,
-    topic: str,
-    version: int,
-    max_records: int | None,
-    lock_wait_seconds: float,
-    lock_timeout: float,
-) -> PassReport:
-    with _connections(settings, topic, version) as (conn, consumer, more):
-        return run_pass(
-            conn,
-            consumer,
-            spec,
-            topic,
-            version,
-            batch_size=settings.backup_batch_size,
-            batch_bytes=settings.backup_batch_bytes,
-            max_records=(
-                settings.backup_max_records_per_pass if max_records is None else max_records
-            ),
-            lock_wait_seconds=lock_wait_seconds,
-            kafka_timeout=settings.kafka_timeout_seconds,
-            lock_timeout=lock_timeout,
-            more_connections=more,
-            no_progress_seconds=settings.kafka_no_progress_seconds,
-        )
-
-
-_Connections = tuple[psycopg.Connection, Consumer, Callable[[], Sequence[psycopg.Connection]]]
-
-
-@contextmanager
-def _connections(settings: Settings, topic: str, version: int) -> Iterator[_Connections]:
-    """A consumer and a writer connection (more on demand), closed afterwards; a PostgreSQL
-    error becomes one readable line."""
-    consumer = open_consumer(settings)
-    try:
-        with ExitStack() as stack:
-            connections = [stack.enter_context(closing(_connect(settings)))]
-
-            def more_connections() -> list[psycopg.Connection]:
-                for _ in range(settings.backup_writer_connections - 1):
-                    connections.append(stack.enter_context(closing(_connect(settings))))
-                return connections[1:]
-
-            try:
-                yield connections[0], consumer, more_connections
-            except psycopg.OperationalError as exc:
-                raise _database_error(exc, connections, settings, topic, version) from None
-    finally:
-        consumer.close()
-
-
-def _connect(settings: Settings) -> psycopg.Connection:
-    try:
-        return db.connect(settings, autocommit=True)
-    except ConfigError:
-        raise
-    except BackupError as exc:  # the server is down or refuses connections: retry
-        raise DatabaseUnavailableError(str(exc)) from None
-
-
-def _database_error(
-    exc: psycopg.OperationalError,
-    connections: list[psycopg.Connection],
-    settings: Settings,
-    topic: str,
-    version: int,
-) -> BackupError:
-    """One readable line instead of a driver traceback; never the connection string.
-
-    A lost connection (server restarted, network cut) is worth another attempt; a lock
-    or statement timeout is not: the batch was rolled back and the same wait would follow.
-    """
-    reason = db.redact(" ".join(str(exc).split()), settings).rstrip(".")
-    lost = any(conn.broken or conn.closed for conn in connections)
-    cls = DatabaseUnavailableError if lost else BackupError
-    what = "lost the connection" if lost else "refused a statement"
-    return cls(
-        f"PostgreSQL {db.describe(settings)} {what} during the backup of {topic} version "
-        f"{version}: {reason}. The batches in flight were rolled back; batches committed "
-        "before them are kept and the next pass resumes from their HWM"
-    )

@@ -16,8 +16,7 @@ from psycopg.copy import FileWriter
 from psycopg.types.json import Jsonb, set_json_dumps
 from psycopg.types.string import BytesBinaryDumper
 
-from backup_pipeline import failpoints
-from backup_pipeline.backup import hwm
+from backup_pipeline import failpoints, hwm
 from backup_pipeline.backup.records import (
     QUARANTINE_COLUMNS,
     JsonbWire,

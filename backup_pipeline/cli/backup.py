@@ -82,7 +82,7 @@ def backup_command(
     no_migrate: bool,
 ) -> None:
     """Run one backup pass per topic and version and print the reports."""
-    from backup_pipeline.backup import pass_
+    from backup_pipeline.backup.run import backup_topic
 
     settings = load_settings()
     maybe_migrate(settings, no_migrate)
@@ -93,7 +93,7 @@ def backup_command(
         # As a sensor tick does: the serving version, and the target while it catches up.
         targets = [version] if version is not None else _reconcile(settings, spec).live_versions
         for v in targets:
-            report = pass_.backup_topic(
+            report = backup_topic(
                 settings,
                 spec,
                 version=v,
@@ -125,9 +125,9 @@ def _reconcile(settings: Settings, spec: TopicSpec, *, promote: bool = False) ->
     """Record BACKUP_VERSION and, with ``promote``, promote a caught-up re-ingestion
     (versions.reconcile)."""
     from backup_pipeline import db, status, versions
-    from backup_pipeline.backup import pass_
+    from backup_pipeline.kafka import client
 
-    consumer = pass_.open_consumer(settings)
+    consumer = client.open_consumer(settings)
     try:
         marks = status.snapshot(consumer, settings.topic(spec), settings.kafka_timeout_seconds)
         with closing(db.connect(settings, autocommit=True)) as conn:
@@ -165,10 +165,10 @@ def status_command(tables: tuple[str, ...], version: int | None, promote: bool) 
     """Per table: versions and re-ingestion progress, unacknowledged problems; per
     partition: HWM, end offset, lag, quarantined and lost records."""
     from backup_pipeline import db, status
-    from backup_pipeline.backup import pass_
+    from backup_pipeline.kafka import client
 
     settings = load_settings()
-    consumer = pass_.open_consumer(settings)
+    consumer = client.open_consumer(settings)
     try:
         with closing(db.connect(settings, autocommit=True)) as conn:
             statuses = [

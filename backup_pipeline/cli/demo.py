@@ -16,8 +16,8 @@ def create_topics_command(partitions: int) -> None:
     """Create the three topics if they don't exist (for the demo and local testing)."""
     from confluent_kafka.admin import AdminClient
 
-    from backup_pipeline.kafka_config import admin_config
-    from backup_pipeline.topics_admin import create_topics
+    from backup_pipeline.kafka.admin import create_topics
+    from backup_pipeline.kafka.config import admin_config
 
     settings = load_settings()
     admin = AdminClient(admin_config(settings))

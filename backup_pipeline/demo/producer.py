@@ -9,7 +9,7 @@ import time
 from confluent_kafka import Producer
 
 from backup_pipeline.demo.data import awkward_record, good_record
-from backup_pipeline.kafka_config import producer_config
+from backup_pipeline.kafka.config import producer_config
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TOPICS
 

@@ -26,8 +26,8 @@ from confluent_kafka import Consumer
 from psycopg import sql
 
 from backup_pipeline import db
-from backup_pipeline.backup import source
 from backup_pipeline.errors import BackupError, KafkaUnavailableError
+from backup_pipeline.kafka import client
 from backup_pipeline.settings import Settings
 from backup_pipeline.status import PartitionStatus
 from backup_pipeline.topics import TopicSpec
@@ -285,10 +285,7 @@ class Reader:
 
     def _kafka(self) -> Consumer:
         if self._consumer is None:
-            # Imported here: the pass module pulls in the writer, which a scrape never uses.
-            from backup_pipeline.backup import pass_
-
-            self._consumer = pass_.open_consumer(self._settings)
+            self._consumer = client.open_consumer(self._settings)
         return self._consumer
 
     def _read_kafka(
@@ -305,7 +302,7 @@ class Reader:
         unreachable = False
         for spec in self._specs:
             known = by_table.get(spec.table, [])
-            marks: dict[int, source.Watermarks] = {}
+            marks: dict[int, client.Watermarks] = {}
             if known and not unreachable:
                 try:
                     marks = self._marks(self._settings.topic(spec), deadline)
@@ -323,7 +320,7 @@ class Reader:
             reading.errors["kafka"] = "; ".join(problems)
             log.warning("metrics: Kafka: %s", reading.errors["kafka"])
 
-    def _marks(self, topic: str, deadline: float | None) -> dict[int, source.Watermarks]:
+    def _marks(self, topic: str, deadline: float | None) -> dict[int, client.Watermarks]:
         consumer = self._kafka()
 
         def left() -> float:
@@ -335,8 +332,8 @@ class Reader:
             return min(remaining, self._settings.kafka_timeout_seconds)
 
         return {
-            p: source.watermarks(consumer, topic, p, left())
-            for p in source.partitions(consumer, topic, left())
+            p: client.watermarks(consumer, topic, p, left())
+            for p in client.partitions(consumer, topic, left())
         }
 
     # ------------------------------------------------------------- dagster ----
@@ -373,7 +370,7 @@ class _OutOfTime(BackupError):
 
 
 def _joined(
-    known: list[PartitionReading], marks: dict[int, source.Watermarks]
+    known: list[PartitionReading], marks: dict[int, client.Watermarks]
 ) -> list[PartitionReading]:
     """Each partition with its offsets; a partition Kafka has but a version has no HWM row
     for yet (added to the topic since its last pass) shows with all of it as lag."""

@@ -11,9 +11,10 @@ from psycopg import sql
 
 from backup_pipeline import acknowledge, db, migrate, versions
 from backup_pipeline.acknowledge import Unacknowledged
-from backup_pipeline.backup import accounting, pass_
+from backup_pipeline.backup import accounting, pass_, run
 from backup_pipeline.backup.accounting import Discrepancy
 from backup_pipeline.backup.report import PassReport
+from backup_pipeline.kafka import client
 from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.status import PartitionStatus, snapshot, topic_status
 from backup_pipeline.topics import TopicSpec
@@ -66,7 +67,7 @@ class BackupEngine(dg.ConfigurableResource):
             return version, versions.serving_version(conn, spec.table)
 
     def run_backup(self, spec: TopicSpec, version: int, max_records: int | None) -> PassReport:
-        return pass_.backup_topic(
+        return run.backup_topic(
             self.settings(),
             spec,
             version=version,
@@ -82,7 +83,7 @@ class BackupEngine(dg.ConfigurableResource):
         outcome: pass_.FollowOutcome,
         should_stop: Callable[[], bool],
     ) -> Iterator[PassReport]:
-        return pass_.follow_topic(
+        return run.follow_topic(
             self.settings(),
             spec,
             outcome,
@@ -104,7 +105,7 @@ class BackupEngine(dg.ConfigurableResource):
 
     def _topic_view(self, spec: TopicSpec, timeout: float) -> TopicView:
         settings = self.settings()
-        consumer = pass_.open_consumer(settings)
+        consumer = client.open_consumer(settings)
         try:
             with closing(db.connect(settings, autocommit=True)) as conn:
                 topic = settings.topic(spec)

@@ -20,9 +20,9 @@ import psycopg
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from backup_pipeline import backed_up, db
+from backup_pipeline import db, readback
 from backup_pipeline.errors import KafkaUnavailableError, RestoreError
-from backup_pipeline.kafka_config import admin_config, serve_admin_log
+from backup_pipeline.kafka.config import admin_config, serve_admin_log
 from backup_pipeline.restore import bookkeeping, target_topic
 from backup_pipeline.restore.bookkeeping import RunRow
 from backup_pipeline.settings import Settings
@@ -168,7 +168,7 @@ def _check_partitions(
         (run.version, run.source_topic),
     ).fetchone()
     seen = -1 if row is None or row[0] is None else int(row[0])
-    source = max(backed_up.known_partitions(conn, spec, run.source_topic, run.version), seen + 1)
+    source = max(readback.known_partitions(conn, spec, run.source_topic, run.version), seen + 1)
     if source != target:
         raise RestoreError(
             f"{run.target_topic} has {target} partitions but {run.source_topic} had {source}: "

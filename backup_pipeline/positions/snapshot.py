@@ -21,7 +21,7 @@ from confluent_kafka.admin import AdminClient
 
 from backup_pipeline import db
 from backup_pipeline.errors import KafkaUnavailableError
-from backup_pipeline.kafka_config import CONSUMER_GROUP_ID, admin_config, serve_admin_log
+from backup_pipeline.kafka.config import CONSUMER_GROUP_ID, admin_config, serve_admin_log
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TOPICS
 

@@ -19,31 +19,25 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
-from typing import cast
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from backup_pipeline import backed_up, db, versions
-from backup_pipeline.backed_up import (
-    BackedUpRecord,
-    Headers,
-    Selection,
-    message_headers,
-    origin_headers,
-    resolve_spec,
-    split_origin,
-)
-from backup_pipeline.backup import source
+from backup_pipeline import db, readback, versions
 from backup_pipeline.errors import RestoreError
-from backup_pipeline.kafka_config import admin_config, consumer_config, producer_config
-from backup_pipeline.progress import ProgressCallback, tick
+from backup_pipeline.kafka.config import admin_config, consumer_config, producer_config
+from backup_pipeline.progress import ProgressCallback
+from backup_pipeline.readback import (
+    Selection,
+    resolve_spec,
+)
 from backup_pipeline.restore import bookkeeping, target_topic
-from backup_pipeline.restore.bookkeeping import Checkpoint, RunRow
+from backup_pipeline.restore.bookkeeping import RunRow
+from backup_pipeline.restore.partitions import restore_partitions
+from backup_pipeline.restore.report import RestoreReport
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import ValueFormat, spec_for_table
 
@@ -65,42 +59,6 @@ class RestoreRequest:
     allow_retention_loss: bool = False
     # Write into an existing LogAppendTime target, whose broker stamps records anew.
     accept_new_timestamps: bool = False
-
-
-@dataclass
-class RestoreReport:
-    run_id: int
-    source_table: str
-    source_topic: str
-    target_topic: str
-    version: int
-    created_topic: bool = False
-    by_partition: dict[int, int] = field(default_factory=dict)
-    not_exact: int = 0
-    quarantined: int = 0
-    # Records found already in the target when resuming: entered in the map, not produced.
-    skipped: int = 0
-    status: str = "running"
-    duration_seconds: float = 0.0
-    # The target's configuration as this run found or created it (empty on resume).
-    target_config: str = ""
-
-    @property
-    def restored(self) -> int:
-        return sum(self.by_partition.values())
-
-    def summary(self) -> str:
-        parts = ", ".join(f"p{p}: {n}" for p, n in sorted(self.by_partition.items()))
-        line = (
-            f"restore run {self.run_id} ({self.status}): {self.source_table} v{self.version} "
-            f"({self.source_topic}) -> {self.target_topic}: {self.restored} records restored "
-            f"[{parts or 'none'}], {self.not_exact} not restored exactly (rows older than "
-            f"the headers/timestamp columns), {self.quarantined} from quarantine, "
-            f"{self.skipped} already in the target (resume), {self.duration_seconds:.2f}s"
-        )
-        if self.target_config:
-            line += f"\n  target {self.target_topic}: {self.target_config}"
-        return line
 
 
 def restore(
@@ -130,13 +88,13 @@ def restore(
         source = target_topic.source_configs(admin, source_topic, timeout)
         source_configs = None if source is None else source[1]
         if source is None:  # deleted: as many partitions as the backup knows
-            needed = backed_up.known_partitions(conn, spec, source_topic, version)
+            needed = readback.known_partitions(conn, spec, source_topic, version)
         else:
             needed = source[0]
         if needed == 0:
             raise RestoreError(f"nothing of {source_topic} version {version} is backed up")
         extents = {
-            p: backed_up.extent(conn, spec, source_topic, version, p, request.selection)
+            p: readback.extent(conn, spec, source_topic, version, p, request.selection)
             for p in range(needed)
             if request.selection.wants(p)
         }
@@ -186,7 +144,7 @@ def _target_config(
     request: RestoreRequest,
     target: str,
     source_configs: dict[str, tuple[str, bool]] | None,
-    extents: dict[int, backed_up.Extent],
+    extents: dict[int, readback.Extent],
     timeout: float,
 ) -> tuple[dict[str, str] | None, str]:
     """The configuration to create a new target with (None: it exists) and a description
@@ -208,7 +166,7 @@ def _target_config(
 def _existing_target_config(
     admin: AdminClient,
     target: str,
-    extents: dict[int, backed_up.Extent],
+    extents: dict[int, readback.Extent],
     allow: bool,
     timeout: float,
     *,
@@ -271,7 +229,7 @@ def resume(
         ):
             spec = spec_for_table(run.source_table)
             extents = {
-                p: backed_up.extent(
+                p: readback.extent(
                     conn,
                     spec,
                     run.source_topic,
@@ -322,7 +280,7 @@ def _run(
         raise RestoreError(f"restore run {run.run_id} is running in another process")
     producer = Producer(producer_config(settings))
     try:
-        _restore_partitions(
+        restore_partitions(
             settings, conn, consumer, producer, run, report, progress, max_records, checkpoint_every
         )
         bookkeeping.finish(conn, run.run_id, report.status)
@@ -335,218 +293,3 @@ def _run(
         report.duration_seconds = time.monotonic() - started
     log.info(report.summary())
     return report
-
-
-@dataclass
-class _Budget:
-    total: int
-    max_records: int
-    checkpoint_every: int = 1000
-    produced: int = 0
-    delivered: int = 0
-    # The partition being restored: records it holds for this call, and done of those.
-    partition_total: int = 0
-    partition_done: int = 0
-
-    @property
-    def exhausted(self) -> bool:
-        return bool(self.max_records) and self.produced >= self.max_records
-
-
-def _restore_partitions(
-    settings: Settings,
-    conn: psycopg.Connection,
-    consumer: Consumer,
-    producer: Producer,
-    run: RunRow,
-    report: RestoreReport,
-    progress: ProgressCallback | None,
-    max_records: int,
-    checkpoint_every: int,
-) -> None:
-    spec = spec_for_table(run.source_table)
-    marks = target_topic.end_offsets(consumer, run.target_topic, settings.kafka_timeout_seconds)
-    saved = bookkeeping.checkpoints(conn, run.run_id)
-    plan: dict[int, Checkpoint] = {}
-    for partition in sorted(marks):
-        if not run.selection.wants(partition):
-            continue
-        # A partition added to the target after the run began starts where it ends now.
-        plan[partition] = saved.get(partition) or bookkeeping.add_partition(
-            conn, run.run_id, partition, marks[partition].end
-        )
-    totals = {
-        p: backed_up.count(
-            conn,
-            spec,
-            run.source_topic,
-            run.version,
-            p,
-            run.selection,
-            after=cp.last_source_offset,
-        )
-        for p, cp in plan.items()
-    }
-    budget = _Budget(
-        total=sum(totals.values()), max_records=max_records, checkpoint_every=checkpoint_every
-    )
-    for partition, checkpoint in plan.items():
-        records = backed_up.read_partition(
-            conn,
-            spec,
-            run.source_topic,
-            run.version,
-            partition,
-            run.selection,
-            after=checkpoint.last_source_offset,
-        )
-        before = checkpoint.restored
-        skipped = _reconcile(settings, consumer, run, checkpoint, records, marks[partition])
-        bookkeeping.save(conn, run.run_id, checkpoint)
-        report.skipped += skipped
-        budget.delivered += skipped
-        budget.partition_total, budget.partition_done = totals[partition], skipped
-        tick(progress, partition, skipped, totals[partition])
-        _produce_partition(conn, producer, run, checkpoint, records, budget, progress, report)
-        report.by_partition[partition] = checkpoint.restored - before - skipped
-        if budget.exhausted:
-            report.status = "stopped"
-            return
-    report.status = "completed"
-
-
-def _reconcile(
-    settings: Settings,
-    consumer: Consumer,
-    run: RunRow,
-    checkpoint: Checkpoint,
-    records: Iterator[BackedUpRecord],
-    marks: source.Watermarks,
-) -> int:
-    """Enter records delivered after the last checkpoint in the map; return how many."""
-    start = checkpoint.next_target_offset
-    found = 0
-    # Every offset of the tail holds a record this run produced (idempotent, not
-    # transactional), so a read that ends short of the end offset was cut off early (a
-    # partition-EOF event seen once in CI): read the rest again. Still short, the first
-    # delivery lands at an unexpected offset and the run stops without a duplicate.
-    for _ in range(3):
-        if marks.end <= start + found:
-            break
-        plan = source.ReadPlan(
-            start={checkpoint.partition: start + found}, end={checkpoint.partition: marks.end}
-        )
-        for batch in source.read(
-            consumer,
-            run.target_topic,
-            plan,
-            batch_size=500,
-            batch_bytes=settings.backup_batch_bytes,
-        ):
-            for message in batch.messages:
-                record = next(records, None)
-                _check_tail(run, checkpoint, message, record)
-                assert record is not None
-                checkpoint.pending.append((record.offset, cast(int, message.offset())))
-                checkpoint.pending_not_exact += not record.exact
-                checkpoint.pending_quarantined += record.quarantined
-                found += 1
-    return found
-
-
-def _check_tail(
-    run: RunRow, checkpoint: Checkpoint, message: Message, record: BackedUpRecord | None
-) -> None:
-    expected = checkpoint.next_target_offset + len(checkpoint.pending)
-    where = f"{run.target_topic}[{checkpoint.partition}] offset {message.offset()}"
-    if record is None or message.offset() != expected:
-        raise RestoreError(
-            f"{where} holds a record this run did not write; the target was written by "
-            "someone else since the run began, so it cannot be resumed safely"
-        )
-    _, origin = split_origin(message_headers(message))
-    if run.origin_headers and origin != (record.partition, record.offset):
-        raise RestoreError(
-            f"{where} has origin {origin}, expected ({record.partition}, {record.offset}): "
-            "the target was written by someone else, so the run cannot be resumed safely"
-        )
-
-
-def _produce_partition(
-    conn: psycopg.Connection,
-    producer: Producer,
-    run: RunRow,
-    checkpoint: Checkpoint,
-    records: Iterator[BackedUpRecord],
-    budget: _Budget,
-    progress: ProgressCallback | None,
-    report: RestoreReport,
-) -> None:
-    errors: list[str] = []
-
-    def delivery(record: BackedUpRecord) -> Callable[[KafkaError | None, Message], None]:
-        def on_delivery(error: KafkaError | None, message: Message) -> None:
-            if errors:
-                return  # nothing after a failure counts as delivered in order
-            expected = checkpoint.next_target_offset + len(checkpoint.pending)
-            if error is not None:
-                errors.append(f"offset {record.offset}: {error.str()}")
-            elif message.offset() != expected:
-                errors.append(
-                    f"offset {record.offset} landed at {message.offset()}, not {expected}: "
-                    "someone else is writing into the target"
-                )
-            else:
-                checkpoint.pending.append((record.offset, expected))
-                checkpoint.pending_not_exact += not record.exact
-                checkpoint.pending_quarantined += record.quarantined
-                report.not_exact += not record.exact
-                report.quarantined += record.quarantined
-                budget.delivered += 1
-                budget.partition_done += 1
-                tick(progress, checkpoint.partition, budget.partition_done, budget.partition_total)
-
-        return on_delivery
-
-    for record in records:
-        if budget.exhausted or errors:
-            break
-        headers = list(record.headers)
-        if run.origin_headers:
-            headers += origin_headers(run.source_topic, record, run.version)
-        _produce(producer, run.target_topic, record, headers, delivery(record))
-        budget.produced += 1
-        producer.poll(0)
-        if len(checkpoint.pending) >= budget.checkpoint_every:
-            bookkeeping.save(conn, run.run_id, checkpoint)
-    remaining = producer.flush(60)
-    bookkeeping.save(conn, run.run_id, checkpoint)
-    if errors or remaining:
-        problem = errors[0] if errors else f"{remaining} records still undelivered after 60s"
-        raise RestoreError(
-            f"restoring {run.source_topic}[{checkpoint.partition}] into {run.target_topic} "
-            f"failed at {problem}; what was delivered is recorded, resume run {run.run_id}"
-        )
-
-
-def _produce(
-    producer: Producer,
-    topic: str,
-    record: BackedUpRecord,
-    headers: Headers,
-    on_delivery: Callable[[KafkaError | None, Message], None],
-) -> None:
-    while True:
-        try:
-            producer.produce(
-                topic,
-                value=record.value,
-                key=record.key,
-                partition=record.partition,
-                headers=cast(list[tuple[str, str | bytes | None]], headers),
-                timestamp=record.timestamp_ms or 0,  # 0: let the producer stamp it
-                on_delivery=on_delivery,
-            )
-            return
-        except BufferError:
-            producer.poll(0.5)  # the local queue is full: let deliveries drain it

@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, ResourceType
 
-from backup_pipeline.backed_up import Extent
-from backup_pipeline.backup import source
 from backup_pipeline.errors import KafkaUnavailableError, RestoreError
-from backup_pipeline.kafka_config import serve_admin_log
-from backup_pipeline.topics_admin import create_topics
+from backup_pipeline.kafka import client
+from backup_pipeline.kafka.admin import create_topics
+from backup_pipeline.kafka.config import serve_admin_log
+from backup_pipeline.readback import Extent
 
 # Restored records keep their original timestamps, so time retention judges them by when
 # they were first written: a new target keeps every record until someone decides otherwise.
@@ -258,14 +258,14 @@ def ensure_topic(
 
 def end_offsets(
     consumer: Consumer, topic: str, timeout: float, settle_seconds: float = 30.0
-) -> dict[int, source.Watermarks]:
+) -> dict[int, client.Watermarks]:
     """Watermarks of every partition; a new topic's leaders may take a moment to settle."""
     deadline = time.monotonic() + settle_seconds
     while True:
         try:
             return {
-                p: source.watermarks(consumer, topic, p, timeout)
-                for p in source.partitions(consumer, topic, timeout)
+                p: client.watermarks(consumer, topic, p, timeout)
+                for p in client.partitions(consumer, topic, timeout)
             }
         except KafkaUnavailableError:
             if time.monotonic() > deadline:
@@ -276,7 +276,7 @@ def end_offsets(
 def check_writable(
     source_topic: str,
     target_topic: str,
-    marks: dict[int, source.Watermarks],
+    marks: dict[int, client.Watermarks],
     needed_partitions: int,
     *,
     force: bool,

@@ -6,8 +6,8 @@ import contextlib
 import hashlib
 import json
 
-from backup_pipeline.backed_up import Headers
 from backup_pipeline.backup.records import TRACEPARENT_HEADER
+from backup_pipeline.readback import Headers
 
 
 def _feed(h: hashlib._Hash, data: bytes | None) -> None:

@@ -14,9 +14,9 @@ from typing import cast
 import psycopg
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from backup_pipeline.backed_up import Headers, message_headers, split_origin
 from backup_pipeline.backup import source
 from backup_pipeline.errors import KafkaUnavailableError
+from backup_pipeline.readback import Headers, message_headers, split_origin
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from backup_pipeline.errors import KafkaUnavailableError
-from backup_pipeline.kafka_config import serve_admin_log
+from backup_pipeline.kafka.config import serve_admin_log
 
 
 def create_topics(
