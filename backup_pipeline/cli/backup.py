@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from backup_pipeline.cli.common import friendly_errors, maybe_migrate
+from backup_pipeline.cli.common import friendly_errors, maybe_migrate, tables_option
 from backup_pipeline.settings import load_settings
 from backup_pipeline.topics import TABLES, TOPICS, TopicSpec
 
@@ -40,13 +40,7 @@ _PROMOTE_HELP = (
 
 
 @click.command("backup")
-@click.option(
-    "--table",
-    "tables",
-    multiple=True,
-    type=click.Choice(TABLES),
-    help="Only these tables (default: all).",
-)
+@tables_option(TABLES, "Only these tables (default: all).")
 @click.option(
     "--max-records",
     type=int,
@@ -146,13 +140,7 @@ def _reconcile(settings: Settings, spec: TopicSpec, *, promote: bool = False) ->
 
 
 @click.command("status")
-@click.option(
-    "--table",
-    "tables",
-    multiple=True,
-    type=click.Choice(TABLES),
-    help="Only these tables (default: all).",
-)
+@tables_option(TABLES, "Only these tables (default: all).")
 @click.option(
     "--version",
     type=int,

@@ -16,6 +16,11 @@ from backup_pipeline.errors import BackupError
 from backup_pipeline.settings import Settings
 
 
+def tables_option(choices: tuple[str, ...], help: str) -> Callable[[Any], Any]:
+    """``--table NAME`` (repeatable) into a ``tables`` tuple; none given means all."""
+    return click.option("--table", "tables", multiple=True, type=click.Choice(choices), help=help)
+
+
 def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Our own errors are one readable line (no stack trace, no secrets) and exit 2."""
 

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import click
 
-from backup_pipeline.cli.common import friendly_errors, maybe_migrate
+from backup_pipeline.cli.common import friendly_errors, maybe_migrate, tables_option
 from backup_pipeline.settings import load_settings
 
 AVRO_TABLE_NAMES = ("bekreftelser", "bekreftelse_paa_vegne_av")
 
 
 @click.command("decode")
-@click.option(
-    "--table",
-    "tables",
-    multiple=True,
-    type=click.Choice(AVRO_TABLE_NAMES),
-    help="Only these raw tables (default: both Avro tables).",
-)
+@tables_option(AVRO_TABLE_NAMES, "Only these raw tables (default: both Avro tables).")
 @click.option(
     "--retry-undecodable",
     is_flag=True,
