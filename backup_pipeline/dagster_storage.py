@@ -145,9 +145,9 @@ def check_schema(conn: psycopg.Connection) -> None:
     for table, column in rows:
         found.setdefault(table, set()).add(column)
     missing = [
-        f"{table}.{column}"
+        f"{table}.{column}" if table in found else f"table {table}"
         for table, columns in REQUIRED_COLUMNS.items()
-        for column in sorted(columns - found.get(table, set()))
+        for column in sorted(columns - found.get(table, set()))[: None if table in found else 1]
     ]
     if missing:
         raise UnsupportedDagsterError(
