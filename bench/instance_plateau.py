@@ -73,6 +73,12 @@ SCENARIOS = {
 }
 
 
+# Sensors of the code location (definitions.py) and their tick; ticks a day that start a run.
+SENSORS = 8
+SENSOR_INTERVAL_SECONDS = 30
+SUCCESS_TICKS = 2_300
+
+
 def log(message: str) -> None:
     print(f"instance_plateau: {message}", file=sys.stderr, flush=True)
 
@@ -169,6 +175,40 @@ def all_tick_events() -> Iterator[dg.AssetObservation | dg.AssetCheckEvaluation]
         n += 1
 
 
+def measure_tick_bytes(instance: dg.DagsterInstance, url: str, ticks: int) -> float | None:
+    """Bytes a sensor tick costs in ``job_ticks`` (marginal), from ``ticks`` ticks shaped
+    like a backup sensor's: its cursor, a skip reason or a run id, a log key."""
+    from dagster._core.definitions.run_request import InstigatorType
+    from dagster._core.scheduler.instigation import TickData, TickStatus
+
+    with closing(dagster_storage.connect(url)) as conn:
+        before = dagster_storage.table_sizes(conn)["job_ticks"]
+    cursor = json.dumps(
+        {"serving": 1, "reingest_version": None, "reingest_start_done": 0, "reingest_start_at": 0.0}
+    )
+    for n in range(ticks):
+        started = n % 20 == 0
+        instance.create_tick(
+            TickData(
+                instigator_origin_id=uuid.uuid4().hex + uuid.uuid4().hex[:8],
+                instigator_name="bekreftelser_backup_sensor",
+                instigator_type=InstigatorType.SENSOR,
+                status=TickStatus.SUCCESS if started else TickStatus.SKIPPED,
+                timestamp=time.time(),
+                run_ids=[str(uuid.uuid4())] if started else [],
+                skip_reason=None if started else "bekreftelser v1: a follow run is active",
+                cursor=cursor,
+                selector_id=uuid.uuid4().hex + uuid.uuid4().hex[:8],
+                log_key=["sensor", uuid.uuid4().hex, str(n)],
+                end_timestamp=time.time(),
+            )
+        )
+    with closing(dagster_storage.connect(url)) as conn:
+        after = dagster_storage.table_sizes(conn)["job_ticks"]
+    rows = after.rows - before.rows
+    return (after.bytes - before.bytes) / rows if rows else None
+
+
 @dataclass
 class Sample:
     elapsed: float
@@ -232,6 +272,9 @@ def main() -> int:
     parser.add_argument("--purge-every", type=float, default=60, help="seconds")
     parser.add_argument("--sample-every", type=float, default=30, help="seconds")
     parser.add_argument("--rate", type=float, default=3, help="events per second")
+    parser.add_argument(
+        "--ticks", type=int, default=2000, help="sensor ticks created to size job_ticks"
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
 
@@ -289,6 +332,7 @@ def main() -> int:
         samples.append(final)
         print(row_line("pruned", final[0]))
         print(row_line("baseline", final[1]))
+        tick_bytes = measure_tick_bytes(base, base_url, args.ticks) if args.ticks else None
 
     elapsed = final[1].elapsed
     achieved = emitted / elapsed
@@ -328,6 +372,9 @@ def main() -> int:
         if value is not None:
             per_row[table] = value
             print(f"  {table:<24} {value:,.0f} bytes per row (baseline, with indexes and TOAST)")
+    if tick_bytes is not None:
+        per_row["job_ticks"] = tick_bytes
+        print(f"  {'job_ticks':<24} {tick_bytes:,.0f} bytes per sensor tick ({args.ticks:,} made)")
     figures["bytes_per_row"] = per_row
     if {"event_logs", "asset_check_executions"} <= per_row.keys():
         print(
@@ -337,6 +384,17 @@ def main() -> int:
         lines = year_size(per_row, run_retention_days=14, retention_days=14)
         for line in lines:
             print(line)
+        if "job_ticks" in per_row:
+            # dagster.yaml's tick retention: skipped ticks 1 day, successful ones (a tick that
+            # started a run: a follow run every 10 min per topic, a few more) 7 days.
+            ticks = SENSORS * 86_400 / SENSOR_INTERVAL_SECONDS
+            kept = (ticks - SUCCESS_TICKS) * 1 + SUCCESS_TICKS * 7
+            line = (
+                f"  {'sensor ticks (job_ticks), any scenario':<40} {ticks:,.0f} a day, "
+                f"{kept / 1e6:.3f} M rows kept: {kept * per_row['job_ticks'] / 1e9:6.2f} GB"
+            )
+            print(line)
+            lines.append(line)
         figures["year"] = lines
     if args.json:
         with open(args.json, "w") as out:
