@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import uuid
@@ -278,6 +279,8 @@ def main() -> int:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
 
+    # A kill ends the run through the `finally`s that drop the scratch databases.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     admin_url = os.environ.get("DATABASE_URL")
     if not admin_url:
         log('DATABASE_URL is not set: eval "$(dev/services up)" first')
