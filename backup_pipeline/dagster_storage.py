@@ -121,17 +121,16 @@ def connect(url: str) -> psycopg.Connection:
     """A connection to the instance database (autocommit: every batch is its own
     transaction), bounded in how long it waits for locks."""
     try:
-        return psycopg.connect(
-            url,
-            autocommit=True,
-            application_name=APPLICATION_NAME,
-            connect_timeout=10,
-            options=f"-c lock_timeout={LOCK_TIMEOUT}",
+        conn = psycopg.connect(
+            url, autocommit=True, application_name=APPLICATION_NAME, connect_timeout=10
         )
     except psycopg.Error as exc:
         raise BackupError(
             f"cannot connect to Dagster's instance database: {one_line(redact(str(exc)))}"
         ) from None
+    # A SET rather than a startup option: connection poolers such as PgBouncer refuse those.
+    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+    return conn
 
 
 def check_schema(conn: psycopg.Connection) -> None:

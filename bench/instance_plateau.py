@@ -39,6 +39,7 @@ import dagster as dg
 import psycopg
 
 from backup_pipeline import dagster_storage
+from backup_pipeline.definitions import defs
 from backup_pipeline.topics import TOPICS
 
 CHECKS = ("lag_ok", "quarantine_empty", "no_gaps", "runs_succeed")
@@ -74,8 +75,8 @@ SCENARIOS = {
 }
 
 
-# Sensors of the code location (definitions.py) and their tick; ticks a day that start a run.
-SENSORS = 8
+# Sensors of the code location and their tick; ticks a day that start a run.
+SENSORS = len(defs.sensors or [])
 SENSOR_INTERVAL_SECONDS = 30
 SUCCESS_TICKS = 2_300
 
@@ -393,7 +394,7 @@ def main() -> int:
             ticks = SENSORS * 86_400 / SENSOR_INTERVAL_SECONDS
             kept = (ticks - SUCCESS_TICKS) * 1 + SUCCESS_TICKS * 7
             line = (
-                f"  {'sensor ticks (job_ticks), any scenario':<40} {ticks:,.0f} a day, "
+                f"  {f'{SENSORS} sensors ticks (job_ticks), any scenario':<40} {ticks:,.0f} a day, "
                 f"{kept / 1e6:.3f} M rows kept: {kept * per_row['job_ticks'] / 1e9:6.2f} GB"
             )
             print(line)
