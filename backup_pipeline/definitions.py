@@ -5,6 +5,10 @@ import dagster as dg
 from backup_pipeline.orchestration.acknowledge_job import acknowledge_job
 from backup_pipeline.orchestration.analyst_views import analyst_view_assets
 from backup_pipeline.orchestration.decoded import decoded_definitions
+from backup_pipeline.orchestration.maintenance import (
+    dagster_storage_maintenance_job,
+    dagster_storage_maintenance_schedule,
+)
 from backup_pipeline.orchestration.positions import positions_sensor
 from backup_pipeline.orchestration.resources import BackupEngine
 from backup_pipeline.orchestration.restore_jobs import restore_job, verify_job, verify_schedule
@@ -17,8 +21,14 @@ defs = dg.Definitions.merge(
     decoded_definitions(),
     dg.Definitions(
         assets=analyst_view_assets,
-        jobs=[purge_old_runs_job, restore_job, verify_job, acknowledge_job],
-        schedules=[purge_schedule, verify_schedule],
+        jobs=[
+            purge_old_runs_job,
+            dagster_storage_maintenance_job,
+            restore_job,
+            verify_job,
+            acknowledge_job,
+        ],
+        schedules=[purge_schedule, dagster_storage_maintenance_schedule, verify_schedule],
         sensors=[positions_sensor],
         resources={"engine": BackupEngine()},
         # The Materialize button's run (__ASSET_JOB) runs in-process like the sensors' runs: a

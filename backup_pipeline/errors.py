@@ -19,3 +19,7 @@ class KafkaUnavailableError(BackupError):
 
 class RestoreError(BackupError):
     """A restore was refused or could not go on; the message says why and what to do."""
+
+
+class UnsupportedDagsterError(BackupError):
+    """Code that reads or deletes Dagster's internal tables met a Dagster it was not made for."""

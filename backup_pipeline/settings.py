@@ -117,6 +117,12 @@ class Settings(BaseModel):
     backup_run_retention_days: int = Field(
         default=14, ge=1, validation_alias="BACKUP_RUN_RETENTION_DAYS"
     )
+    # Runless asset observations and check evaluations older than this are deleted from
+    # Dagster's database by the daily storage maintenance job (dagster_storage.py), the
+    # newest per asset and per check always kept. Fractional days are fine (0.003 = 4 min).
+    backup_asset_event_retention_days: float = Field(
+        default=14.0, gt=0, le=3650, validation_alias="BACKUP_ASSET_EVENT_RETENTION_DAYS"
+    )
     # How often each topic's sensor looks for lag. Read at definition time, so a bad value
     # must become a one-line ConfigError there, never a traceback of the code location.
     sensor_interval_seconds: int = Field(

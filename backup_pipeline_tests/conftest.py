@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
@@ -37,6 +38,9 @@ from backup_pipeline_tests.support import (
     service_env,
     with_dbname,
 )
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 # Fixtures that start or reach the real services: a test whose fixture closure holds one
 # of them is in the `services` tier.
@@ -198,3 +202,18 @@ def producer(services: dict[str, str]) -> Iterator[Producer]:
     )
     yield producer
     producer.flush(30)
+
+
+@pytest.fixture
+def pg_instance(services: dict[str, str]) -> Iterator[tuple[dg.DagsterInstance, str]]:
+    """A Dagster instance on a PostgreSQL database of its own (dagster.yaml's
+    ``storage: postgres``), and that database's URL."""
+    import dagster as dg  # here: most tests never need Dagster, and it takes seconds to load
+
+    with (
+        scratch_database(services, "bp_dagster") as url,
+        dg.instance_for_test(
+            overrides={"storage": {"postgres": {"postgres_url": url}}}
+        ) as instance,
+    ):
+        yield instance, url
