@@ -11,17 +11,11 @@ from backup_pipeline.backup import hwm
 from backup_pipeline.backup.pass_ import backup_topic
 from backup_pipeline.demo.data import DemoRecord
 from backup_pipeline.topics import spec_for_table
-from backup_pipeline_tests.support import (
-    add_partitions,
-    end_offsets,
-    good_records,
-    hwms,
-    key,
-    make_settings,
-    produce,
-    quarantined,
-    stored_offsets,
-)
+from backup_pipeline_tests.fix_db import quarantined, stored_offsets
+from backup_pipeline_tests.fix_kafka import add_partitions, good_records, key, produce
+from backup_pipeline_tests.fix_services import make_settings
+from dev.harness.db import hwms
+from dev.harness.kafka import end_offsets
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 HENDELSER = spec_for_table("bekreftelse_hendelser")

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from backup_pipeline.cli import main
 from backup_pipeline.topics import TOPICS, spec_for_table
-from backup_pipeline_tests.support import good_records, produce
+from backup_pipeline_tests.fix_kafka import good_records, produce
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 

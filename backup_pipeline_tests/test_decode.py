@@ -29,7 +29,7 @@ from backup_pipeline.decode.decoder import vendored_text
 from backup_pipeline.decode.pass_ import acknowledge, decode_pass, status
 from backup_pipeline.decode.resolver import RegistryClient, Resolver
 from backup_pipeline.demo.data import SCHEMA_IDS, avro_record
-from backup_pipeline_tests.waits import bounded
+from dev.harness.waits import bounded
 
 TOPIC = {BEKREFTELSER.raw_table: "t-bekreftelser", PAA_VEGNE_AV.raw_table: "t-paavegneav"}
 
@@ -621,7 +621,7 @@ def test_records_from_kafka_are_backed_up_raw_and_decoded_one_row_each(
     from backup_pipeline.decode.run import decode_once
     from backup_pipeline.demo.data import good_record
     from backup_pipeline.topics import spec_for_table
-    from backup_pipeline_tests.support import produce
+    from backup_pipeline_tests.fix_kafka import produce
 
     for table in AVRO_TABLES:
         spec = spec_for_table(table.raw_table)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from backup_pipeline_tests.support import REPO, DagsterServer, free_port, stop_process
-from backup_pipeline_tests.waits import wait_until
+from dev.harness.dagster import DagsterServer
+from dev.harness.processes import REPO, free_port, stop_process
+from dev.harness.waits import wait_until
 
 BIN = Path(sys.executable).parent
 

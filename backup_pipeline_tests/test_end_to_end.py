@@ -15,11 +15,8 @@ import pytest
 from backup_pipeline.orchestration import checks
 from backup_pipeline.topics import TOPICS
 from backup_pipeline_tests.browser import browser_page, dismiss_dialogs
-from backup_pipeline_tests.support import (
-    DagsterServer,
-    good_records,
-    produce,
-)
+from backup_pipeline_tests.fix_kafka import good_records, produce
+from dev.harness.dagster import DagsterServer
 
 RECORDS = 40
 

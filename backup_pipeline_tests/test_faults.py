@@ -38,14 +38,10 @@ from backup_pipeline.kafka_config import consumer_config
 from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TOPICS, TopicSpec, spec_for_table
 from backup_pipeline.topics_admin import create_topics
-from backup_pipeline_tests.support import (
-    DevServices,
-    accounted,
-    end_offsets,
-    hwms,
-    produce_many,
-)
-from backup_pipeline_tests.waits import bounded, scaled, wait_until
+from dev.harness.db import accounted, hwms
+from dev.harness.kafka import end_offsets, produce_many
+from dev.harness.services import DevServices
+from dev.harness.waits import bounded, scaled, wait_until
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 HENDELSER = spec_for_table("bekreftelse_hendelser")

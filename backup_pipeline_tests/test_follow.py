@@ -14,8 +14,10 @@ from backup_pipeline.backup import pass_
 from backup_pipeline.backup.report import PassReport
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import spec_for_table
-from backup_pipeline_tests.support import good_records, hwms, produce, stored_offsets
-from backup_pipeline_tests.waits import bounded, wait_until
+from backup_pipeline_tests.fix_db import stored_offsets
+from backup_pipeline_tests.fix_kafka import good_records, produce
+from dev.harness.db import hwms
+from dev.harness.waits import bounded, wait_until
 
 SPEC = spec_for_table("bekreftelser")
 

@@ -15,8 +15,10 @@ from backup_pipeline.orchestration import checks
 from backup_pipeline.orchestration.jobs import TABLE_TAG, VERSION_TAG
 from backup_pipeline.orchestration.resources import BackupEngine
 from backup_pipeline.topics import TOPICS, spec_for_table
-from backup_pipeline_tests.support import good_records, hwms, key, produce, stored_offsets
-from backup_pipeline_tests.waits import bounded, wait_until
+from backup_pipeline_tests.fix_db import stored_offsets
+from backup_pipeline_tests.fix_kafka import good_records, key, produce
+from dev.harness.db import hwms
+from dev.harness.waits import bounded, wait_until
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 HENDELSER = spec_for_table("bekreftelse_hendelser")

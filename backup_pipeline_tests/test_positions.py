@@ -20,14 +20,9 @@ from backup_pipeline.positions import plan as positions
 from backup_pipeline.positions.snapshot import GroupFilter, take_snapshot, thin
 from backup_pipeline.restore.run import RestoreRequest, restore
 from backup_pipeline.topics import spec_for_table
-from backup_pipeline_tests.support import (
-    add_partitions,
-    delete_topic,
-    end_offsets,
-    good_records,
-    read_topic,
-)
-from backup_pipeline_tests.waits import bounded, wait_until
+from backup_pipeline_tests.fix_kafka import add_partitions, good_records, read_topic
+from dev.harness.kafka import delete_topic, end_offsets
+from dev.harness.waits import bounded, wait_until
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 

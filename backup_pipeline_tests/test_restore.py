@@ -25,14 +25,9 @@ from backup_pipeline.restore.run import RestoreRequest, restore, resume
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline.topics_admin import create_topics
 from backup_pipeline.verify.compare import verify
-from backup_pipeline_tests.support import (
-    delete_topic,
-    good_records,
-    key,
-    read_topic,
-    without_offsets,
-)
-from backup_pipeline_tests.waits import bounded
+from backup_pipeline_tests.fix_kafka import good_records, key, read_topic, without_offsets
+from dev.harness.kafka import delete_topic
+from dev.harness.waits import bounded
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 HENDELSER = spec_for_table("bekreftelse_hendelser")

@@ -11,7 +11,8 @@ from backup_pipeline.orchestration.assets import topic_asset_key
 from backup_pipeline.orchestration.restore_jobs import restore_job
 from backup_pipeline.restore.run import RestoreRequest, restore
 from backup_pipeline.topics import TOPICS, spec_for_table
-from backup_pipeline_tests.support import delete_topic, good_records, produce
+from backup_pipeline_tests.fix_kafka import good_records, produce
+from dev.harness.kafka import delete_topic
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 

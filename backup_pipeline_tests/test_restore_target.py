@@ -40,14 +40,9 @@ from backup_pipeline.restore.target_topic import (
 )
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline.topics_admin import create_topics
-from backup_pipeline_tests.support import (
-    delete_topic,
-    good_records,
-    key,
-    read_topic,
-    without_offsets,
-)
-from backup_pipeline_tests.waits import bounded, scaled, wait_until
+from backup_pipeline_tests.fix_kafka import good_records, key, read_topic, without_offsets
+from dev.harness.kafka import delete_topic
+from dev.harness.waits import bounded, scaled, wait_until
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 DAY_MS = 86_400_000

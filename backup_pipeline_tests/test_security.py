@@ -47,8 +47,10 @@ from backup_pipeline.orchestration import assets as asset_defs
 from backup_pipeline.orchestration.resources import BackupEngine
 from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TOPICS, spec_for_table
-from backup_pipeline_tests.support import REPO, good_records, hwms, key, produce
-from backup_pipeline_tests.waits import bounded, scaled, wait_until
+from backup_pipeline_tests.fix_kafka import good_records, key, produce
+from dev.harness.db import hwms
+from dev.harness.processes import REPO
+from dev.harness.waits import bounded, scaled, wait_until
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 HENDELSER = spec_for_table("bekreftelse_hendelser")

@@ -10,8 +10,9 @@ from backup_pipeline.restore.run import RestoreRequest, restore
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline.verify.compare import verify
 from backup_pipeline.verify.digest import digest
-from backup_pipeline_tests.support import end_offsets, good_records, key
-from backup_pipeline_tests.waits import wait_until
+from backup_pipeline_tests.fix_kafka import good_records, key
+from dev.harness.kafka import end_offsets
+from dev.harness.waits import wait_until
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 

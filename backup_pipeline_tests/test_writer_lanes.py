@@ -17,8 +17,10 @@ from backup_pipeline.backup.writer_lanes import WriterLanes
 from backup_pipeline.errors import BackupError
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline_tests.fakes import FakeMessage
-from backup_pipeline_tests.support import hwms, key, stored_offsets
-from backup_pipeline_tests.waits import scaled, wait_until
+from backup_pipeline_tests.fix_db import stored_offsets
+from backup_pipeline_tests.fix_kafka import key
+from dev.harness.db import hwms
+from dev.harness.waits import scaled, wait_until
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 TOPIC = "lanes.bekreftelser"

@@ -55,7 +55,7 @@ from backup_pipeline.backup.records import (
 from backup_pipeline.backup.writer import copy_rows
 from backup_pipeline.demo.data import good_record
 from backup_pipeline.topics import TOPICS, TopicSpec, spec_for_table
-from backup_pipeline_tests.support import end_offsets
+from dev.harness.kafka import end_offsets
 
 TARGET_COPY_RATIO = 0.75  # backup records/s >= 0.75 x raw COPY records/s
 TARGET_PER_RECORD_RATIO = 20.0  # backup records/s >= 20 x per-record transactions

@@ -37,7 +37,7 @@ BENCH = Path(__file__).resolve().parent
 # Run as a script from a checkout: this checkout's packages, installed or not.
 sys.path.insert(0, str(BENCH.parent))
 
-from backup_pipeline_tests.support import REPO  # noqa: E402
+from dev.harness.processes import REPO  # noqa: E402
 
 
 def log(message: str) -> None:

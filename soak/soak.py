@@ -41,15 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from backup_pipeline.demo.data import awkward_record, good_record
 from backup_pipeline.topics import TOPICS, TopicSpec
 from backup_pipeline.topics_admin import create_topics
-from backup_pipeline_tests.support import (
-    REPO,
-    DagsterServer,
-    DevServices,
-    accounted,
-    consumer_end_offsets,
-    hwms,
-    run_process_pid,
-)
+from dev.harness.dagster import DagsterServer, run_process_pid
+from dev.harness.db import accounted, hwms
+from dev.harness.kafka import consumer_end_offsets
+from dev.harness.processes import REPO
+from dev.harness.services import DevServices
 
 log = logging.getLogger("soak")
 
