@@ -1,5 +1,6 @@
 """The suite's hooks; its fixtures are in the plugins below (psycopg's tests/fix_*.py):
-fix_services (Kafka and PostgreSQL from dev/services), fix_db, fix_kafka, fix_dagster.
+fix_services (Kafka and PostgreSQL from dev/services), fix_db, fix_kafka, fix_dagster,
+fix_security (TLS, roles, the CLI as a subprocess).
 
 Tiers: a test gets the `services` marker from the fixtures it uses (any that reach Kafka
 or PostgreSQL) and `browser` when its module drives Chromium, so nobody has to remember
@@ -17,6 +18,7 @@ pytest_plugins = [
     "backup_pipeline_tests.fix_db",
     "backup_pipeline_tests.fix_kafka",
     "backup_pipeline_tests.fix_dagster",
+    "backup_pipeline_tests.fix_security",
 ]
 
 # Fixtures that start or reach the real services: a test whose fixture closure holds one
