@@ -360,7 +360,7 @@ def main() -> int:
         }
         server = DagsterServer(state / "dagster_home", env)
         server.start()
-        log.info("dagster dev on %s", server.url)
+        log.info("Dagster (dev/harness/dagster.py) on %s", server.url)
 
         produced = Produced()
         stop_producing = threading.Event()
