@@ -8,7 +8,7 @@ import struct
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
@@ -59,10 +59,13 @@ def produce(
     producer: Producer, topic: str, records: list[DemoRecord], partition: int | None = None
 ) -> None:
     for record in records:
-        kwargs = {} if partition is None else {"partition": partition}
-        producer.produce(
-            topic, key=record.key, value=record.value, headers=list(record.headers), **kwargs
-        )
+        headers: list[tuple[str, str | bytes | None]] = list(record.headers)
+        if partition is None:
+            producer.produce(topic, key=record.key, value=record.value, headers=headers)
+        else:
+            producer.produce(
+                topic, key=record.key, value=record.value, headers=headers, partition=partition
+            )
         producer.poll(0)
     assert producer.flush(30) == 0
 
@@ -104,15 +107,16 @@ def read_topic(brokers: str, topic: str) -> dict[int, list[Record]]:
         while todo:
             assert time.monotonic() < deadline, f"{topic}: partitions {sorted(todo)} never ended"
             for m in consumer.consume(500, timeout=0.1):
-                if m.error():
-                    if m.error().code() == KafkaError._PARTITION_EOF:
-                        todo.discard(m.partition())
+                partition = cast(int, m.partition())
+                if error := m.error():
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        todo.discard(partition)
                     continue
-                result[m.partition()].append(
-                    (m.offset(), m.key(), m.value(), list(m.headers() or []), m.timestamp()[1])
-                )
-                if m.offset() >= ends[m.partition()][1] - 1:
-                    todo.discard(m.partition())
+                offset = cast(int, m.offset())
+                headers = cast(list[tuple[str, bytes | None]], list(m.headers() or []))
+                result[partition].append((offset, m.key(), m.value(), headers, m.timestamp()[1]))
+                if offset >= ends[partition][1] - 1:
+                    todo.discard(partition)
         return result
     finally:
         consumer.close()

@@ -175,7 +175,9 @@ def create_scram_user(admin: AdminClient, tls: Tls, user: str, password: str) ->
 
 
 def count(conn: psycopg.Connection, table: str) -> int:
-    return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def one_line_error(exc: BaseException) -> str:

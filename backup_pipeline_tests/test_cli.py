@@ -184,7 +184,7 @@ def insert_problems(db: psycopg.Connection, topic: str) -> list[int]:
             "INSERT INTO backup_quarantine (version, kafka_topic, kafka_partition, "
             "kafka_offset, reason) VALUES (1, %s, 0, %s, 'bad json') RETURNING id",
             (topic, offset),
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         for offset in (3, 7, 9)
     ]
     db.execute(

@@ -29,7 +29,7 @@ BEKREFTELSER = spec_for_table("bekreftelser")
 HENDELSER = spec_for_table("bekreftelse_hendelser")
 
 
-def _pass_process(settings_env: dict[str, str], failpoint: str | None) -> subprocess.Popen:
+def _pass_process(settings_env: dict[str, str], failpoint: str | None) -> subprocess.Popen[bytes]:
     env = {**os.environ, **settings_env, "BACKUP_BATCH_SIZE": "40"}
     env.pop("BACKUP_PIPELINE_FAILPOINT", None)
     if failpoint:

@@ -74,7 +74,7 @@ class FakeRegistry:
 
 @pytest.fixture
 def registry_schema() -> dict[str, Any]:
-    schema = json.loads(vendored_text("bekreftelse-v1.avsc"))
+    schema: dict[str, Any] = json.loads(vendored_text("bekreftelse-v1.avsc"))
     schema["fields"].append({"name": "fraRegistry", "type": "int", "default": 0})
     return schema
 

@@ -114,9 +114,9 @@ def test_the_decoded_assets_report_rows_undecodables_schema_ids_and_fail_their_c
 
     assert result.success
     events = {
-        m.asset_key.to_user_string(): m.metadata
+        mat.asset_key.to_user_string(): mat.metadata
         for m in result.get_asset_materialization_events()
-        for m in [m.materialization]
+        for mat in [m.materialization]
     }
     bek = events["bekreftelser_decoded"]
     assert bek["dagster/row_count"].value == 4
@@ -208,6 +208,7 @@ def test_a_decode_follow_run_decodes_rows_that_arrive_while_it_runs_and_judges_i
         assert result.success
         key = dg.AssetCheckKey(dg.AssetKey("bekreftelser_decoded"), CHECK)
         latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])
-        evaluation = latest[key].event.asset_check_evaluation
+        event = latest[key].event
+        evaluation = event.asset_check_evaluation if event else None
         assert evaluation is not None and evaluation.passed is False  # the junk row
     assert len(decoded(db, BEKREFTELSER)) == 3

@@ -388,7 +388,7 @@ def test_the_pass_bounds_lock_waits_by_default_and_keeps_a_lock_timeout_from_the
         try:
             with closing(db.connect(settings, autocommit=True)) as conn:
                 pass_.run_pass(conn, consumer, BEKREFTELSER, target.topics["bekreftelser"], 1)
-                seen[label] = conn.execute("SHOW lock_timeout").fetchone()[0]
+                seen[label] = conn.execute("SHOW lock_timeout").fetchall()[0][0]
         finally:
             consumer.close()
     assert seen == {"default": "1min", "from_url": "1500ms"}

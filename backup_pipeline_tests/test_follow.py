@@ -66,7 +66,7 @@ def test_a_follow_run_stores_records_that_arrive_while_it_runs_exactly_once(
     wait_for(lambda: count(db) == 10)
     for round_ in range(3):
         produce(producer, topic, good_records(SPEC, 7, seed=10 + round_))
-        wait_for(lambda r=round_: count(db) == 10 + 7 * (r + 1))
+        wait_for(lambda r=round_: count(db) == 10 + 7 * (r + 1))  # type: ignore[misc]
     stop.set()
     follower.join(bounded(60))
     assert not follower.is_alive() and follower.error is None

@@ -46,7 +46,7 @@ def produce_all_kinds(brokers: str, topic: str) -> int:
     producer = Producer({"bootstrap.servers": brokers, "enable.idempotence": True})
     good = good_records(BEKREFTELSER, 12, seed=11)
     big = bytes(range(256)) * 2000  # 512 000 bytes, incompressible enough
-    kinds: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = [
+    kinds: list[tuple[int, bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]] = [
         (0, key(-1), good[0].value, [("traceparent", b"00-aa-bb-01")]),
         (0, key(-(2**63)), good[1].value, [("h", b"1"), ("h", b"2"), ("h", b"1")]),
         (0, key(2**63 - 1), good[2].value, [("bin", b"\x00\xff\x80"), ("nul", None)]),
@@ -71,7 +71,7 @@ def produce_all_kinds(brokers: str, topic: str) -> int:
                 topic,
                 key=r.key,
                 value=r.value,
-                headers=r.headers,
+                headers=list[tuple[str, str | bytes | None]](r.headers),
                 partition=2,
                 timestamp=BASE_MS + 100 + j,
             )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime
+from typing import cast
 
 import pytest
 from click.testing import CliRunner
@@ -57,7 +58,7 @@ def test_offset_ranges_select_only_their_partitions_unless_others_are_named(
             RestoreRequest("bekreftelser", target_topic=f"{topic}.{name}", selection=selection),
         )
         by_partition = {
-            p: [int(dict(h)["backup.source.offset"]) for *_, h, _ in records]
+            p: [int(cast(bytes, dict(h)["backup.source.offset"])) for *_, h, _ in records]
             for p, records in read_topic(brokers, f"{topic}.{name}").items()
         }
         assert report.restored == sum(len(o) for o in by_partition.values())

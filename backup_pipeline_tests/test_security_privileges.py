@@ -133,7 +133,7 @@ def acl_cleanup(admin: AdminClient) -> Iterator[list[str]]:
     yield principals
     for principal in principals:
         flt = AclBindingFilter(
-            ResourceType.ANY, None, ResourcePatternType.ANY, principal, None,
+            ResourceType.ANY, None, ResourcePatternType.ANY, principal, None,  # type: ignore[arg-type]  # None: any (the stubs say str)
             AclOperation.ANY, AclPermissionType.ANY,
         )  # fmt: skip
         for future in admin.delete_acls([flt]).values():
@@ -191,7 +191,7 @@ def test_kafka_acls_read_and_describe_on_the_topic_and_describe_on_the_group(
         found = set()
         for principal in [*acl_cleanup, "User:*"]:
             flt = AclBindingFilter(
-                ResourceType.ANY, None, ResourcePatternType.ANY, principal, None,
+                ResourceType.ANY, None, ResourcePatternType.ANY, principal, None,  # type: ignore[arg-type]  # None: any (the stubs say str)
                 AclOperation.ANY, AclPermissionType.ANY,
             )  # fmt: skip
             found.update(admin.describe_acls(flt).result())
@@ -213,9 +213,9 @@ def test_kafka_acls_read_and_describe_on_the_topic_and_describe_on_the_group(
         deadline = time.monotonic() + scaled(10)
         while not errors and time.monotonic() < deadline:
             errors += [
-                m.error()
+                error
                 for m in consumer.consume(100, 0.2)
-                if m.error() and m.error().code() != KafkaError._PARTITION_EOF
+                if (error := m.error()) and error.code() != KafkaError._PARTITION_EOF
             ]
     finally:
         consumer.close()

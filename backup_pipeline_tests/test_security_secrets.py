@@ -150,10 +150,10 @@ def test_dagster_runs_never_record_the_passwords(
             serialize_value(entry) for entry in instance.all_logs(run_id)
         )
     failure_messages = [
-        e.event_specific_data.error.message
+        error.message
         for r in failed
         for e in r.all_events
-        if e.is_step_failure and e.event_specific_data and e.event_specific_data.error
+        if e.is_step_failure and (error := e.step_failure_data.error)
     ]
     assert len(failure_messages) == 3, failure_messages
     out, err = capfd.readouterr()

@@ -7,6 +7,7 @@ from confluent_kafka import Producer, TopicPartition
 from backup_pipeline.backed_up import Selection
 from backup_pipeline.backup.pass_ import backup_topic
 from backup_pipeline.restore.run import RestoreRequest, restore
+from backup_pipeline.settings import Settings
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline.verify.compare import verify
 from backup_pipeline.verify.digest import digest
@@ -17,12 +18,13 @@ from dev.harness.waits import wait_until
 BEKREFTELSER = spec_for_table("bekreftelser")
 
 
-def backed_up(settings, producer, per_partition: int = 6) -> str:
+def backed_up(settings: Settings, producer: Producer, per_partition: int = 6) -> str:
     """``per_partition`` records in each of the three partitions, all backed up."""
     topic = settings.topic(BEKREFTELSER)
     records = good_records(BEKREFTELSER, 3 * per_partition, seed=21)
     for i, r in enumerate(records):
-        producer.produce(topic, key=key(i), value=r.value, headers=r.headers, partition=i % 3)
+        headers: list[tuple[str, str | bytes | None]] = list(r.headers)
+        producer.produce(topic, key=key(i), value=r.value, headers=headers, partition=i % 3)
     assert producer.flush(30) == 0
     report = backup_topic(settings, BEKREFTELSER)
     assert report.rows == 3 * per_partition

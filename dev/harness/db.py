@@ -16,7 +16,7 @@ def with_dbname(url: str, dbname: str) -> str:
         return urlunsplit(parts._replace(path=f"/{dbname}"))
     params = conninfo_to_dict(url)
     params["dbname"] = dbname
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 def accounted(
