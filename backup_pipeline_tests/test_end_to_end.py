@@ -1,5 +1,5 @@
 """End to end: Dagster as production runs it (code server, webserver, daemon: the Stack of
-dev/harness/dagster.py, as `dev/dagster` starts it) on the repository's dagster.yaml, with
+dev/harness/stack.py, as `dev/dagster` starts it) on the repository's dagster.yaml, with
 real Kafka and PostgreSQL. Sensors launch runs, runs materialize the tables, a version
 change re-ingests everything while the old rows stay byte-identical."""
 

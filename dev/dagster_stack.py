@@ -1,5 +1,5 @@
 """`dev/dagster`: production-style Dagster on this machine (code server, daemon, webserver)
-until Ctrl-C or SIGTERM, which stop it in order. The stack itself is dev/harness/dagster.py
+until Ctrl-C or SIGTERM, which stop it in order. The stack itself is dev/harness/stack.py
 (``Stack``), the one the tests and soak/ start too.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 # Run as a script (dev/dagster): the harness is imported from this checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dev.harness.dagster import Stack, log
 from dev.harness.processes import REPO
+from dev.harness.stack import Stack, log
 
 
 def main() -> int:
