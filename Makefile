@@ -59,7 +59,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy backup_pipeline
+	$(BIN)/mypy backup_pipeline backup_pipeline_tests bench soak dev
 	$(BIN)/lint-imports
 
 format: install

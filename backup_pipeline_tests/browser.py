@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from playwright.sync_api import Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from backup_pipeline_tests.waits import scaled
+from dev.harness.waits import scaled
 
 # As root in a closed network: no sandbox, and none of Chromium's calls home.
 CHROMIUM_ARGS = [
@@ -31,7 +31,7 @@ def chromium_path() -> str:
 
 @contextmanager
 def browser_page() -> Iterator[Page]:
-    """A page whose waits and actions time out after 60 s (scaled, waits.py), and which
+    """A page whose waits and actions time out after 60 s (scaled, dev/harness/waits.py), and which
     skips Dagster's community dialog whenever it would block a click, however late it
     appears (a busy machine can show it long after the page)."""
     with sync_playwright() as playwright:

@@ -7,8 +7,10 @@ import json
 import random
 import re
 import uuid
+from collections.abc import Generator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import pandas as pd
 import psycopg
@@ -118,7 +120,9 @@ def test_chunks_come_from_a_server_side_cursor_a_chunk_at_a_time(db):
 def test_an_abandoned_iteration_closes_its_cursor_and_transaction(db):
     insert_events(db, 10)
     serve(db, "bekreftelse_hendelser", 1, {})
-    chunks = analysts.read_chunks(db, "bekreftelse_hendelser_typed", chunk_rows=3)
+    chunks = cast(
+        Generator[Any], analysts.read_chunks(db, "bekreftelse_hendelser_typed", chunk_rows=3)
+    )
     next(chunks)
     chunks.close()
     assert db.execute("SELECT count(*) FROM pg_cursors").fetchone() == (0,)

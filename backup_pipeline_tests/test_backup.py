@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import cast
 
 import psycopg
 from confluent_kafka import Producer
@@ -11,17 +12,11 @@ from backup_pipeline import hwm
 from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.demo.data import DemoRecord
 from backup_pipeline.topics import spec_for_table
-from backup_pipeline_tests.support import (
-    add_partitions,
-    end_offsets,
-    good_records,
-    hwms,
-    key,
-    make_settings,
-    produce,
-    quarantined,
-    stored_offsets,
-)
+from backup_pipeline_tests.fix_db import quarantined, stored_offsets
+from backup_pipeline_tests.fix_kafka import add_partitions, good_records, key, produce
+from backup_pipeline_tests.fix_services import make_settings
+from dev.harness.db import hwms
+from dev.harness.kafka import end_offsets
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 HENDELSER = spec_for_table("bekreftelse_hendelser")
@@ -61,10 +56,11 @@ def test_json_events_are_stored_as_jsonb_with_their_person_and_exact_bytes(setti
     import json
 
     for record, row in zip(records, rows, strict=True):
+        assert record.value is not None and record.key is not None  # good records
         event = json.loads(record.value)
         assert row[1] == int.from_bytes(record.key, "big", signed=True)
         assert row[2] == event["arbeidssoekerId"]
-        assert row[3] == dict(record.headers)["traceparent"].decode()
+        assert row[3] == cast(bytes, dict(record.headers)["traceparent"]).decode()
         assert row[4] == event["hendelseType"]
         assert bytes(row[5]) == record.value
         assert row[7] is not None
@@ -195,7 +191,8 @@ def table_digest(conn: psycopg.Connection, table: str, version: int) -> str:
         f"FROM {table} t WHERE version = %s",
         (version,),
     ).fetchone()
-    return row[0]
+    assert row is not None
+    return str(row[0])
 
 
 def test_a_new_version_re_ingests_everything_without_touching_the_old_one(

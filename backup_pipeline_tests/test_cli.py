@@ -10,7 +10,7 @@ from psycopg import sql
 
 from backup_pipeline.cli import main
 from backup_pipeline.topics import TOPICS, spec_for_table
-from backup_pipeline_tests.support import good_records, produce
+from backup_pipeline_tests.fix_kafka import good_records, produce
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 
@@ -187,7 +187,7 @@ def insert_problems(db: psycopg.Connection, topic: str) -> list[int]:
             "INSERT INTO backup_quarantine (version, kafka_topic, kafka_partition, "
             "kafka_offset, reason) VALUES (1, %s, 0, %s, 'bad json') RETURNING id",
             (topic, offset),
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         for offset in (3, 7, 9)
     ]
     db.execute(

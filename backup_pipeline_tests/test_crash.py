@@ -18,23 +18,18 @@ import pytest
 
 from backup_pipeline.demo.data import awkward_record, good_record
 from backup_pipeline.topics import TopicSpec, spec_for_table
-from backup_pipeline_tests import support
-from backup_pipeline_tests.support import (
-    DagsterServer,
-    end_offsets,
-    hwms,
-    produce,
-    produce_many,
-    run_events,
-    run_process_pid,
-)
-from backup_pipeline_tests.waits import bounded, scaled
+from backup_pipeline_tests.fix_kafka import produce
+from dev.harness import db as harness_db
+from dev.harness.dagster import DagsterServer, run_events, run_process_pid
+from dev.harness.db import hwms
+from dev.harness.kafka import end_offsets, produce_many
+from dev.harness.waits import bounded, scaled
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 HENDELSER = spec_for_table("bekreftelse_hendelser")
 
 
-def _pass_process(settings_env: dict[str, str], failpoint: str | None) -> subprocess.Popen:
+def _pass_process(settings_env: dict[str, str], failpoint: str | None) -> subprocess.Popen[bytes]:
     env = {**os.environ, **settings_env, "BACKUP_BATCH_SIZE": "40"}
     env.pop("BACKUP_PIPELINE_FAILPOINT", None)
     if failpoint:
@@ -105,7 +100,7 @@ def assert_exactly_once(
     db: psycopg.Connection, brokers: str, spec: TopicSpec, topic: str, produced: int
 ) -> None:
     """Every offset of the topic stored once and the HWMs at the end offsets."""
-    accounted = support.accounted(db, spec, topic)
+    accounted = harness_db.accounted(db, spec, topic)
     assert len(accounted) == len(set(accounted)) == produced
     ends = end_offsets(brokers, topic)
     assert hwms(db, topic) == {p: end - 1 for p, end in ends.items()}

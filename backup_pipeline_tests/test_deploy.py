@@ -13,11 +13,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
-from backup_pipeline_tests.support import REPO, DagsterServer, free_port, stop_process
-from backup_pipeline_tests.waits import wait_until
+from dev.harness.dagster import DagsterServer
+from dev.harness.processes import REPO, free_port, stop_process
+from dev.harness.waits import wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -26,7 +28,7 @@ def dockerfile_cmd() -> list[str]:
     text = (REPO / "Dockerfile").read_text()
     match = re.search(r"^CMD (\[.*?\])\s*$", text.replace("\\\n", " "), re.MULTILINE | re.DOTALL)
     assert match, "Dockerfile has no exec-form CMD"
-    return json.loads(match.group(1))
+    return cast(list[str], json.loads(match.group(1)))
 
 
 def test_the_image_runs_as_a_non_root_user_with_a_health_check():

@@ -1,4 +1,5 @@
-"""End to end: `dagster dev` (webserver + daemon) on the repository's dagster.yaml, with
+"""End to end: Dagster as production runs it (code server, webserver, daemon: the Stack of
+dev/harness/stack.py, as `dev/dagster` starts it) on the repository's dagster.yaml, with
 real Kafka and PostgreSQL. Sensors launch runs, runs materialize the tables, a version
 change re-ingests everything while the old rows stay byte-identical."""
 
@@ -8,6 +9,7 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -15,11 +17,8 @@ import pytest
 from backup_pipeline.orchestration import checks
 from backup_pipeline.topics import TOPICS
 from backup_pipeline_tests.browser import browser_page, dismiss_dialogs
-from backup_pipeline_tests.support import (
-    DagsterServer,
-    good_records,
-    produce,
-)
+from backup_pipeline_tests.fix_kafka import good_records, produce
+from dev.harness.dagster import DagsterServer
 
 RECORDS = 40
 
@@ -29,11 +28,11 @@ def server(new_dagster_server: Callable[..., DagsterServer]) -> DagsterServer:
     return new_dagster_server(BACKUP_RUN_FOLLOW_SECONDS="20", BACKUP_MATERIALIZE_EVERY_SECONDS="1")
 
 
-def tag(run: dict, key: str) -> str | None:
+def tag(run: dict[str, Any], key: str) -> str | None:
     return next((t["value"] for t in run["tags"] if t["key"] == key), None)
 
 
-def rows(db: psycopg.Connection, table: str, version: int) -> list[tuple]:
+def rows(db: psycopg.Connection, table: str, version: int) -> list[tuple[Any, ...]]:
     return db.execute(
         f"SELECT * FROM {table} WHERE version = %s ORDER BY kafka_partition, kafka_offset",
         (version,),

@@ -41,14 +41,10 @@ from backup_pipeline.kafka.admin import create_topics
 from backup_pipeline.kafka.config import consumer_config
 from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TOPICS, TopicSpec, spec_for_table
-from backup_pipeline_tests.support import (
-    DevServices,
-    accounted,
-    end_offsets,
-    hwms,
-    produce_many,
-)
-from backup_pipeline_tests.waits import bounded, scaled, wait_until
+from dev.harness.db import accounted, hwms
+from dev.harness.kafka import end_offsets, produce_many
+from dev.harness.services import DevServices
+from dev.harness.waits import bounded, scaled, wait_until
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 HENDELSER = spec_for_table("bekreftelse_hendelser")
@@ -382,7 +378,7 @@ def test_the_pass_bounds_lock_waits_by_default_and_keeps_a_lock_timeout_from_the
         try:
             with closing(db.connect(settings, autocommit=True)) as conn:
                 pass_.run_pass(conn, consumer, BEKREFTELSER, target.topics["bekreftelser"], 1)
-                seen[label] = conn.execute("SHOW lock_timeout").fetchone()[0]
+                seen[label] = conn.execute("SHOW lock_timeout").fetchall()[0][0]
         finally:
             consumer.close()
     assert seen == {"default": "1min", "from_url": "1500ms"}

@@ -14,8 +14,10 @@ from backup_pipeline.backup import pass_, run
 from backup_pipeline.backup.report import PassReport
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import spec_for_table
-from backup_pipeline_tests.support import good_records, hwms, produce, stored_offsets
-from backup_pipeline_tests.waits import bounded, wait_until
+from backup_pipeline_tests.fix_db import stored_offsets
+from backup_pipeline_tests.fix_kafka import good_records, produce
+from dev.harness.db import hwms
+from dev.harness.waits import bounded, wait_until
 
 SPEC = spec_for_table("bekreftelser")
 
@@ -64,7 +66,7 @@ def test_a_follow_run_stores_records_that_arrive_while_it_runs_exactly_once(
     wait_for(lambda: count(db) == 10)
     for round_ in range(3):
         produce(producer, topic, good_records(SPEC, 7, seed=10 + round_))
-        wait_for(lambda r=round_: count(db) == 10 + 7 * (r + 1))
+        wait_for(lambda r=round_: count(db) == 10 + 7 * (r + 1))  # type: ignore[misc]
     stop.set()
     follower.join(bounded(60))
     assert not follower.is_alive() and follower.error is None

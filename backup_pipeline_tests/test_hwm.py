@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 
 from backup_pipeline import hwm
-from backup_pipeline_tests.waits import bounded, wait_until
+from dev.harness.waits import bounded, wait_until
 
 TOPIC = "t.writer-lock"
 VERSION = 1

@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaException
 from backup_pipeline.kafka.config import LIBRDKAFKA_LOGGER, RateLimitedLog, consumer_config
 from backup_pipeline.orchestration.restore_jobs import restore_job
 from backup_pipeline.settings import load_settings
-from backup_pipeline_tests.waits import bounded
+from dev.harness.waits import bounded
 
 BIN = Path(sys.executable).parent
 

@@ -15,7 +15,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from backup_pipeline_tests.support import REPO
+from dev.harness.processes import REPO
 
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==(\S+) \\$")
 RUNTIME_LOCK = REPO / "requirements.lock"

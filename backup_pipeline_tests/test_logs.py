@@ -8,7 +8,7 @@ import logging
 from backup_pipeline import logs
 from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.topics import spec_for_table
-from backup_pipeline_tests.support import good_records, produce
+from backup_pipeline_tests.fix_kafka import good_records, produce
 
 
 def test_json_lines_carry_extra_and_bound_fields(capsys):

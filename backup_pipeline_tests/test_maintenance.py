@@ -36,9 +36,12 @@ def test_the_job_is_defined_and_scheduled_daily_after_the_run_purge():
     assert defs.resolve_job_def("dagster_storage_maintenance_job") is not None
     schedules = {s.name: s for s in defs.schedules or []}
     schedule = schedules["dagster_storage_maintenance_job_schedule"]
+    purge = schedules["purge_old_runs_job_schedule"]
+    assert isinstance(schedule, dg.ScheduleDefinition)
+    assert isinstance(purge, dg.ScheduleDefinition)
     assert schedule.cron_schedule == "37 3 * * *"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
-    assert schedules["purge_old_runs_job_schedule"].cron_schedule == "17 3 * * *"
+    assert purge.cron_schedule == "17 3 * * *"
 
 
 def test_a_run_by_hand_deletes_all_but_the_newest_and_says_how_many(pg_instance):
@@ -59,12 +62,12 @@ def test_a_run_by_hand_deletes_all_but_the_newest_and_says_how_many(pg_instance)
     (materialization,) = [
         e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_OUTPUT
     ]
-    metadata = materialization.step_output_data.metadata  # type: ignore[union-attr]
+    metadata = materialization.step_output_data.metadata
     assert metadata["deleted_event_logs"].value == 4
     assert metadata["deleted_asset_check_executions"].value == 2
     assert metadata["asset_check_executions_rows"].value == 1
     records = instance.fetch_observations(TABLE, limit=10).records
-    assert [r.asset_observation.metadata["lag"].value for r in records] == [3]  # type: ignore[union-attr]
+    assert [r.asset_observation.metadata["lag"].value for r in records] == [3]
     latest = instance.get_latest_asset_check_evaluation_record(dg.AssetCheckKey(TABLE, "lag_ok"))
     assert latest is not None and latest.status.value == "FAILED"
 
@@ -94,7 +97,7 @@ def test_another_dagster_minor_fails_the_run_with_the_reason_and_deletes_nothing
 
     assert not result.success
     (failure,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
-    message = failure.step_failure_data.error.message  # type: ignore[union-attr]
+    message = failure.step_failure_data.error.message
     assert "Dagster 1.14.2 is installed" in message and "1.13.x, the locked version" in message
     assert len(instance.fetch_observations(TABLE, limit=10).records) == 2
 
@@ -104,7 +107,7 @@ def test_an_instance_not_on_postgresql_is_refused():
         result = run(instance, retention_days=1)
     assert not result.success
     (failure,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
-    message = failure.step_failure_data.error.message  # type: ignore[union-attr]
+    message = failure.step_failure_data.error.message
     assert "one PostgreSQL database" in message and "storage: postgres" in message
 
 
@@ -114,7 +117,7 @@ def test_a_bad_retention_setting_fails_the_run_naming_the_variable(pg_instance, 
     result = run(instance)
     assert not result.success
     (failure,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
-    assert "BACKUP_ASSET_EVENT_RETENTION_DAYS" in failure.step_failure_data.error.message  # type: ignore[union-attr]
+    assert "BACKUP_ASSET_EVENT_RETENTION_DAYS" in failure.step_failure_data.error.message
 
 
 @pytest.mark.parametrize("instigator", ["schedule", "sensor"])

@@ -21,20 +21,13 @@ from backup_pipeline.demo.data import DemoRecord
 from backup_pipeline.metrics import server
 from backup_pipeline.metrics.readings import PartitionReading
 from backup_pipeline.topics import spec_for_table
-from backup_pipeline_tests.conftest import scratch_database
-from backup_pipeline_tests.support import (
-    REPO,
-    delete_topic,
-    end_offsets,
-    free_port,
-    good_records,
-    hwms,
-    make_settings,
-    produce,
-    service_env,
-    stop_process,
-)
-from backup_pipeline_tests.waits import bounded, scaled, wait_until
+from backup_pipeline_tests.fix_db import scratch_database
+from backup_pipeline_tests.fix_kafka import good_records, produce
+from backup_pipeline_tests.fix_services import make_settings, service_env
+from dev.harness.db import hwms
+from dev.harness.kafka import delete_topic, end_offsets
+from dev.harness.processes import REPO, free_port, stop_process
+from dev.harness.waits import bounded, scaled, wait_until
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 
@@ -119,7 +112,7 @@ def test_a_scrape_reports_exact_offsets_lag_and_counts_and_follows_the_next_pass
         assert per_partition(samples, "backup_pipeline_rows_stored_total", "bekreftelser") == {
             p: stored_per_partition(db, "bekreftelser").get(p, 0) for p in ends
         }
-        quarantined = dict(
+        quarantined: dict[int, float] = dict(
             db.execute(
                 "SELECT kafka_partition, count(*) FROM backup_quarantine GROUP BY 1"
             ).fetchall()

@@ -11,8 +11,8 @@ import psycopg
 from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.migrate import VERSION_TABLE, current_revision, head_revision, migrate
 from backup_pipeline.topics import spec_for_table
-from backup_pipeline_tests.support import make_settings
-from backup_pipeline_tests.waits import bounded
+from backup_pipeline_tests.fix_services import make_settings
+from dev.harness.waits import bounded
 
 # The seed's DDL, column by column: (table, column) -> (type, nullable).
 SEED_COLUMNS = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from click.testing import CliRunner
@@ -21,14 +21,9 @@ from backup_pipeline.positions.snapshot import GroupFilter, take_snapshot, thin
 from backup_pipeline.readback import restore_time
 from backup_pipeline.restore.run import RestoreRequest, restore
 from backup_pipeline.topics import spec_for_table
-from backup_pipeline_tests.support import (
-    add_partitions,
-    delete_topic,
-    end_offsets,
-    good_records,
-    read_topic,
-)
-from backup_pipeline_tests.waits import bounded, wait_until
+from backup_pipeline_tests.fix_kafka import add_partitions, good_records, read_topic
+from dev.harness.kafka import delete_topic, end_offsets
+from dev.harness.waits import bounded, wait_until
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 
@@ -106,8 +101,9 @@ def resume_reading(brokers: str, group: str, topic: str) -> dict[int, list[tuple
             assert time.monotonic() < deadline, f"the group never reached the end: {start}"
             for m in consumer.consume(100, timeout=0.2):
                 if m.error() is None:
-                    seen[m.partition()].append((m.key(), m.value()))
-                    start[m.partition()] = m.offset() + 1
+                    partition, offset = cast(int, m.partition()), cast(int, m.offset())
+                    seen[partition].append((m.key(), m.value()))
+                    start[partition] = offset + 1
         # Anything more would be read twice: there must be nothing.
         assert not [m for m in consumer.consume(100, timeout=1) if m.error() is None]
         consumer.commit(asynchronous=False)
@@ -347,9 +343,10 @@ def test_the_sensor_records_and_the_restore_job_applies_with_the_plan_in_its_log
     )
     assert result.success
     (event,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
-    metadata = event.event_specific_data.metadata
+    metadata = event.step_output_data.metadata
     assert metadata["positions_committed"].value == 3
-    assert "p0: old offset 16 -> new offset 14, 6 still to read" in metadata["positions_plan"].value
+    plan = str(metadata["positions_plan"].value)
+    assert "p0: old offset 16 -> new offset 14, 6 still to read" in plan
     logs = [e.message for e in instance.all_logs(result.run_id)]
     assert any("p1: old offset 4 -> new offset 0, 6 still to read" in m for m in logs)
     assert resume_reading(brokers, group, topic) == unread

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 from datetime import UTC, datetime
@@ -10,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backup_pipeline.backup import records
-from backup_pipeline.backup.records import map_messages
+from backup_pipeline.backup.records import KafkaMessage, map_messages
 from backup_pipeline.topics import ValueFormat
 from backup_pipeline_tests.fakes import FakeMessage
 
@@ -136,7 +137,7 @@ def test_header_encoding_matches_the_json_module():
         ("traceparent", b""),
     ]
     expected = json.dumps(
-        [[n, None if v is None else records.base64.b64encode(v).decode()] for n, v in headers],
+        [[n, None if v is None else base64.b64encode(v).decode()] for n, v in headers],
         separators=(",", ":"),
     ).encode()
     assert records.header_columns(headers)[2].json == expected
@@ -165,7 +166,7 @@ def test_tombstones_and_bad_keys_go_to_quarantine_in_every_table():
     )
 )
 def test_every_message_becomes_exactly_one_row_or_one_quarantine_row(pairs):
-    messages = [FakeMessage(k, v, offset_=i) for i, (k, v) in enumerate(pairs)]
+    messages: list[KafkaMessage] = [FakeMessage(k, v, offset_=i) for i, (k, v) in enumerate(pairs)]
     for value_format in ValueFormat:
         batch = map_messages(messages, value_format, 1, "t")
         offsets = sorted([r[2] for r in batch.rows] + [q[3] for q in batch.quarantine])

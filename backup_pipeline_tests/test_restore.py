@@ -1,22 +1,20 @@
-"""Restore against real Kafka and PostgreSQL: records come back byte for byte, once."""
+"""Restore against real Kafka and PostgreSQL: records come back byte for byte, once.
+
+Partial restores are in test_restore_selection.py, restore with verify in
+test_restore_verify.py (both use the helpers here)."""
 
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 from confluent_kafka import Producer, TopicPartition
 
 from backup_pipeline.backup.run import backup_topic
-from backup_pipeline.cli.restore import restore_command, verify_command
-from backup_pipeline.demo.data import event_value
 from backup_pipeline.errors import RestoreError
 from backup_pipeline.kafka.admin import create_topics
 from backup_pipeline.readback import ORIGIN_HEADERS, Selection, split_origin
@@ -25,14 +23,9 @@ from backup_pipeline.restore.bookkeeping import offset_map
 from backup_pipeline.restore.run import RestoreRequest, restore, resume
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline.verify.compare import verify
-from backup_pipeline_tests.support import (
-    delete_topic,
-    good_records,
-    key,
-    read_topic,
-    without_offsets,
-)
-from backup_pipeline_tests.waits import bounded
+from backup_pipeline_tests.fix_kafka import good_records, key, read_topic, without_offsets
+from dev.harness.kafka import delete_topic
+from dev.harness.waits import bounded
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 HENDELSER = spec_for_table("bekreftelse_hendelser")
@@ -53,7 +46,7 @@ def produce_all_kinds(brokers: str, topic: str) -> int:
     producer = Producer({"bootstrap.servers": brokers, "enable.idempotence": True})
     good = good_records(BEKREFTELSER, 12, seed=11)
     big = bytes(range(256)) * 2000  # 512 000 bytes, incompressible enough
-    kinds: list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = [
+    kinds: list[tuple[int, bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]] = [
         (0, key(-1), good[0].value, [("traceparent", b"00-aa-bb-01")]),
         (0, key(-(2**63)), good[1].value, [("h", b"1"), ("h", b"2"), ("h", b"1")]),
         (0, key(2**63 - 1), good[2].value, [("bin", b"\x00\xff\x80"), ("nul", None)]),
@@ -78,7 +71,7 @@ def produce_all_kinds(brokers: str, topic: str) -> int:
                 topic,
                 key=r.key,
                 value=r.value,
-                headers=r.headers,
+                headers=list[tuple[str, str | bytes | None]](r.headers),
                 partition=2,
                 timestamp=BASE_MS + 100 + j,
             )
@@ -200,111 +193,6 @@ def split_origin_pairs(headers: list[tuple[str, bytes | None]]) -> list[tuple[st
     return [(n, v or b"") for n, v in headers[-len(ORIGIN_HEADERS) :]]
 
 
-def test_partial_restores_by_offset_range_time_range_and_key(settings, producer, services):
-    brokers = services["KAFKA_BROKERS"]
-    _backed_up_sequence(settings, producer)
-    topic = settings.topic(BEKREFTELSER)
-
-    def run(name: str, selection: Selection) -> list[int]:
-        target = f"{topic}.{name}"
-        restore(settings, RestoreRequest("bekreftelser", target_topic=target, selection=selection))
-        return _source_offsets(brokers, target)
-
-    assert run("offsets", Selection(offsets={0: (2, 5)})) == [2, 3, 4, 5]
-    since = datetime.fromtimestamp((BASE_MS + 3000) / 1000, UTC)
-    until = datetime.fromtimestamp((BASE_MS + 6000) / 1000, UTC)
-    assert run("time", Selection(since=since, until=until)) == [3, 4, 5]
-    assert run("keys", Selection(keys=(key(-3), key(4)))) == [0, 7]
-
-
-def test_offset_ranges_select_only_their_partitions_unless_others_are_named(
-    settings, producer, services
-):
-    brokers = services["KAFKA_BROKERS"]
-    topic = settings.topic(BEKREFTELSER)
-    for i, r in enumerate(good_records(BEKREFTELSER, 30, seed=8)):
-        producer.produce(topic, key=key(i), value=r.value, partition=i % 3)
-    producer.flush(30)
-    backup_topic(settings, BEKREFTELSER)
-
-    def restored(name: str, selection: Selection) -> dict[int, list[int]]:
-        report = restore(
-            settings,
-            RestoreRequest("bekreftelser", target_topic=f"{topic}.{name}", selection=selection),
-        )
-        by_partition = {
-            p: [int(dict(h)["backup.source.offset"]) for *_, h, _ in records]
-            for p, records in read_topic(brokers, f"{topic}.{name}").items()
-        }
-        assert report.restored == sum(len(o) for o in by_partition.values())
-        return by_partition
-
-    assert restored("two", Selection(offsets={0: (0, 3), 1: (0, 1)})) == {
-        0: [0, 1, 2, 3],
-        1: [0, 1],
-        2: [],
-    }
-    assert restored("plus", Selection(partitions=(2,), offsets={0: (8, None)})) == {
-        0: [8, 9],
-        1: [],
-        2: list(range(10)),
-    }
-    assert restored("within", Selection(partitions=(0,), offsets={0: (None, 1)})) == {
-        0: [0, 1],
-        1: [],
-        2: [],
-    }
-
-
-def test_a_selection_that_matches_nothing_fails_in_one_line_and_creates_nothing(
-    settings, db, producer, admin, services, database_url
-):
-    _backed_up_sequence(settings, producer)
-    topic = settings.topic(BEKREFTELSER)
-
-    def restore_topics() -> set[str]:
-        return {t for t in admin.list_topics(timeout=10).topics if t.startswith(topic)}
-
-    before = restore_topics()
-    env = {
-        "KAFKA_BROKERS": services["KAFKA_BROKERS"],
-        "DATABASE_URL": database_url,
-        BEKREFTELSER.topic_env_var: topic,
-    }
-    result = CliRunner().invoke(
-        restore_command, ["--table", "bekreftelser", "--version", "99"], env=env
-    )
-    assert result.exit_code == 2, result.output
-    assert result.output.count("\n") == 1
-    assert result.output.startswith("error: nothing to restore") and "version 99" in result.output
-    # Partitions 1 and 2 hold nothing of this backup (all ten records are in partition 0).
-    with pytest.raises(RestoreError, match=r"nothing to restore.*partitions 1,2"):
-        restore(settings, RestoreRequest("bekreftelser", selection=Selection(partitions=(1, 2))))
-    with pytest.raises(RestoreError, match="nothing to restore"):
-        restore(settings, RestoreRequest("bekreftelser", selection=Selection(keys=(key(999),))))
-    assert restore_topics() == before == {topic}
-    assert db.execute("SELECT count(*) FROM restore_runs").fetchone()[0] == 0
-
-
-def test_a_person_filter_restores_only_their_events(settings, producer, services):
-    topic = settings.topic(HENDELSER)
-    rng = random.Random(5)
-    for i in range(6):
-        producer.produce(topic, key=key(i), value=event_value(rng, person=100 + i % 2), partition=1)
-    producer.flush(30)
-    backup_topic(settings, HENDELSER)
-    report = restore(
-        settings,
-        RestoreRequest("bekreftelse_hendelser", selection=Selection(arbeidssoeker_ids=(101,))),
-    )
-    restored = read_topic(services["KAFKA_BROKERS"], report.target_topic)[1]
-    assert [k for _, k, *_ in restored] == [key(1), key(3), key(5)]
-    with pytest.raises(RestoreError, match="no arbeidssoeker_id"):
-        restore(
-            settings, RestoreRequest("bekreftelser", selection=Selection(arbeidssoeker_ids=(1,)))
-        )
-
-
 def test_a_stopped_restore_resumes_where_it_stopped_without_duplicates(
     settings, db, producer, services
 ):
@@ -414,90 +302,3 @@ def test_a_deleted_source_topic_is_restored_with_the_backups_partition_count(
     report = restore(settings, RestoreRequest(source_topic=topic, target_topic=f"{topic}.new"))
     assert report.by_partition == {0: 3, 1: 0, 2: 1}
     assert len(read_topic(services["KAFKA_BROKERS"], f"{topic}.new")) == 3
-
-
-def test_the_cli_commands_restore_and_verify(settings, producer, services, database_url):
-    _backed_up_sequence(settings, producer, n=5)
-    topic = settings.topic(BEKREFTELSER)
-    env = {
-        "KAFKA_BROKERS": services["KAFKA_BROKERS"],
-        "DATABASE_URL": database_url,
-        BEKREFTELSER.topic_env_var: topic,
-    }
-    runner = CliRunner()
-    result = runner.invoke(
-        restore_command,
-        ["--table", "bekreftelser", "--target", f"{topic}.cli", "--offsets", "0:1-3"],
-        env=env,
-    )
-    assert result.exit_code == 0, result.output
-    assert "3 records restored" in result.output
-    result = runner.invoke(
-        verify_command, ["--table", "bekreftelser", "--against", f"{topic}.cli"], env=env
-    )
-    assert result.exit_code == 0 and "no differences" in result.output, result.output
-    result = runner.invoke(restore_command, ["--table", "bekreftelser", "--target", topic], env=env)
-    assert result.exit_code == 2 and "refusing" in result.output
-
-
-def test_verify_agrees_with_a_restore_that_left_quarantine_out(settings, services, database_url):
-    topic = settings.topic(BEKREFTELSER)
-    produce_all_kinds(services["KAFKA_BROKERS"], topic)
-    backup_topic(settings, BEKREFTELSER)
-    env = {
-        "KAFKA_BROKERS": services["KAFKA_BROKERS"],
-        "DATABASE_URL": database_url,
-        BEKREFTELSER.topic_env_var: topic,
-    }
-    runner = CliRunner()
-    target = f"{topic}.readme"
-    # The README's steps: restore (quarantined records left out by default), then verify.
-    result = runner.invoke(
-        restore_command, ["--table", "bekreftelser", "--target", target], env=env
-    )
-    assert result.exit_code == 0, result.output
-    result = runner.invoke(
-        verify_command, ["--table", "bekreftelser", "--against", target], env=env
-    )
-    assert result.exit_code == 0, result.output
-    assert "9 records compared, no differences" in result.output
-    assert "quarantined left out" in result.output
-    assert (
-        "partition 1: compared 1 over offsets 3..3; 3 backed-up records excluded by the "
-        "restore's selection, 3 of them quarantined" in result.output
-    )
-
-
-def test_a_topic_restored_under_its_own_name_verifies_through_its_origin(
-    settings, db, admin, producer, services
-):
-    brokers = services["KAFKA_BROKERS"]
-    topic = settings.topic(BEKREFTELSER)
-    produced = produce_all_kinds(brokers, topic)
-    original = read_topic(brokers, topic)
-    backup_topic(settings, BEKREFTELSER)
-    assert verify(settings, "bekreftelser").ok
-    delete_topic(admin, topic)
-    report = restore(settings, RestoreRequest("bekreftelser", target_topic=topic, force=True))
-    restored = read_topic(brokers, topic)
-    # Quarantined records stayed out: partition 1's one good record moved from 3 to 0.
-    assert [r[0] for r in original[1]] == [0, 1, 2, 3] and [r[0] for r in restored[1]] == [0]
-    assert report.restored == produced - 3
-
-    full = verify(settings, "bekreftelser")  # the source topic, now a restored one
-    assert full.restored and full.ok and full.compared == produced - 3, full.summary()
-    sampled = verify(settings, "bekreftelser", sample=5, seed=2)
-    assert sampled.ok and sampled.compared > 0, sampled.summary()
-
-    # Live records written after the restore are noted, not differences.
-    producer.produce(topic, key=key(1), value=b"after the restore", partition=0)
-    producer.flush(30)
-    after = verify(settings, "bekreftelser")
-    assert after.ok and after.partitions[0].outside_restore == [(4, 4)], after.summary()
-    assert "not written by the restore" in after.summary()
-    # A real difference still shows, by backup offset.
-    db.execute(
-        "UPDATE bekreftelser SET data = 'x'::bytea WHERE kafka_partition = 0 AND kafka_offset = 1"
-    )
-    changed = verify(settings, "bekreftelser")
-    assert changed.findings()["different"] == [(0, 1)] and not changed.ok

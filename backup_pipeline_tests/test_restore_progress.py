@@ -20,8 +20,8 @@ from backup_pipeline.progress import PROGRESS_EVERY, LogProgress
 from backup_pipeline.restore.run import RestoreRequest, restore
 from backup_pipeline.topics import TOPICS, spec_for_table
 from backup_pipeline.verify.compare import verify
-from backup_pipeline_tests.support import good_records, produce
-from backup_pipeline_tests.waits import bounded
+from backup_pipeline_tests.fix_kafka import good_records, produce
+from dev.harness.waits import bounded
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 BIN = Path(sys.executable).parent

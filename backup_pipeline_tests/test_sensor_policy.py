@@ -3,6 +3,8 @@ instance, milliseconds per test. What the real services show is in test_orchestr
 
 from __future__ import annotations
 
+from typing import Any
+
 import dagster as dg
 
 from backup_pipeline.acknowledge import Unacknowledged
@@ -106,7 +108,7 @@ def test_a_failed_run_fails_the_runs_check_with_its_error() -> None:
 # -------------------------------------------------------------- observations ----
 
 
-def table_observation(events: list) -> dict:
+def table_observation(events: list[Any]) -> dict[str, Any]:
     (observation,) = [
         e
         for e in events

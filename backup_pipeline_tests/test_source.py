@@ -46,7 +46,7 @@ def read_all(
     )
 
 
-def offsets(batches: list[Batch], partition: int = 0) -> list[int]:
+def offsets(batches: list[Batch], partition: int = 0) -> list[int | None]:
     return [m.offset() for b in batches for m in b.messages if m.partition() == partition]
 
 

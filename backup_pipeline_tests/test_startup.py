@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 from backup_pipeline import migrate
-from backup_pipeline_tests.support import make_settings
+from backup_pipeline_tests.fix_services import make_settings
 
 HEAVY = ("pandas", "alembic", "sqlalchemy", "dagster", "structlog")
 

@@ -7,21 +7,24 @@ from confluent_kafka import Producer, TopicPartition
 from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.readback import Selection
 from backup_pipeline.restore.run import RestoreRequest, restore
+from backup_pipeline.settings import Settings
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline.verify.compare import verify
 from backup_pipeline.verify.digest import digest
-from backup_pipeline_tests.support import end_offsets, good_records, key
-from backup_pipeline_tests.waits import wait_until
+from backup_pipeline_tests.fix_kafka import good_records, key
+from dev.harness.kafka import end_offsets
+from dev.harness.waits import wait_until
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 
 
-def backed_up(settings, producer, per_partition: int = 6) -> str:
+def backed_up(settings: Settings, producer: Producer, per_partition: int = 6) -> str:
     """``per_partition`` records in each of the three partitions, all backed up."""
     topic = settings.topic(BEKREFTELSER)
     records = good_records(BEKREFTELSER, 3 * per_partition, seed=21)
     for i, r in enumerate(records):
-        producer.produce(topic, key=key(i), value=r.value, headers=r.headers, partition=i % 3)
+        headers: list[tuple[str, str | bytes | None]] = list(r.headers)
+        producer.produce(topic, key=key(i), value=r.value, headers=headers, partition=i % 3)
     assert producer.flush(30) == 0
     report = backup_topic(settings, BEKREFTELSER)
     assert report.rows == 3 * per_partition

@@ -18,8 +18,9 @@ from backup_pipeline.kafka import client
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TOPICS, spec_for_table
 from backup_pipeline.versions import VersionLifecycle, VersionState
-from backup_pipeline_tests.support import good_records, produce, stored_offsets
-from backup_pipeline_tests.waits import bounded, scaled
+from backup_pipeline_tests.fix_db import stored_offsets
+from backup_pipeline_tests.fix_kafka import good_records, produce
+from dev.harness.waits import bounded, scaled
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 SERVING, REINGESTING, RETIRED = (

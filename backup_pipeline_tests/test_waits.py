@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from backup_pipeline_tests import waits
+from dev.harness import waits
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_the_pytest_timeout_and_every_wait_follow_one_scale_factor(
     request: pytest.FixtureRequest,
 ) -> None:
     assert request.config.getoption("timeout") == 300 * waits.TIME_SCALE
-    code = "from backup_pipeline_tests import waits; print(waits.scaled(3), waits.bounded(4))"
+    code = "from dev.harness import waits; print(waits.scaled(3), waits.bounded(4))"
     out = subprocess.run(
         [sys.executable, "-c", code],
         env={"BACKUP_TEST_TIME_SCALE": "2.5", "PATH": ""},
@@ -60,7 +60,7 @@ def test_the_pytest_timeout_and_every_wait_follow_one_scale_factor(
 
 def test_a_bad_scale_factor_stops_the_run_with_one_line() -> None:
     result = subprocess.run(
-        [sys.executable, "-c", "import backup_pipeline_tests.waits"],
+        [sys.executable, "-c", "import dev.harness.waits"],
         env={"BACKUP_TEST_TIME_SCALE": "fast", "PATH": ""},
         capture_output=True,
         text=True,

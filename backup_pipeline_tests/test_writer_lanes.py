@@ -13,21 +13,25 @@ import pytest
 
 from backup_pipeline import hwm
 from backup_pipeline.backup import writer
-from backup_pipeline.backup.records import MappedBatch, columns, map_messages
+from backup_pipeline.backup.records import KafkaMessage, MappedBatch, columns, map_messages
 from backup_pipeline.backup.writer_lanes import WriterLanes
 from backup_pipeline.errors import BackupError
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline_tests.fakes import FakeMessage
-from backup_pipeline_tests.support import hwms, key, stored_offsets
-from backup_pipeline_tests.waits import scaled, wait_until
+from backup_pipeline_tests.fix_db import stored_offsets
+from backup_pipeline_tests.fix_kafka import key
+from dev.harness.db import hwms
+from dev.harness.waits import scaled, wait_until
 
 BEKREFTELSER = spec_for_table("bekreftelser")
 TOPIC = "lanes.bekreftelser"
 
 
-def _job(conn: psycopg.Connection, offsets: range, old_hwm: int) -> functools.partial:
+def _job(conn: psycopg.Connection, offsets: range, old_hwm: int) -> functools.partial[MappedBatch]:
     """The pass's write of one batch of records at ``offsets`` of partition 0."""
-    messages = [FakeMessage(key(o), b"value %d" % o, offset_=o) for o in offsets]
+    messages: list[KafkaMessage] = [
+        FakeMessage(key(o), b"value %d" % o, offset_=o) for o in offsets
+    ]
     mapped = map_messages(messages, BEKREFTELSER.value_format, 1, TOPIC)
     stream = writer.CopyEncoder(conn, columns(BEKREFTELSER.value_format)).encode(mapped.rows)
     mapped.rows = []
@@ -76,7 +80,7 @@ def test_a_batch_commits_only_after_the_batch_before_it(connections, db):
         return first(conn, after)
 
     settled: list[str] = []
-    with WriterLanes(connections, lambda tag, _: settled.append(tag)) as lanes:
+    with WriterLanes[str](connections, lambda tag, _: settled.append(tag)) as lanes:
         lanes.submit(slow_first, "first")
         lanes.submit(second, "second")
         lanes.finish()
@@ -104,7 +108,7 @@ def test_lanes_report_the_first_failure_and_only_the_batches_that_committed(conn
     settled: list[str] = []
     with (
         pytest.raises(psycopg.OperationalError, match="server closed"),
-        WriterLanes(connections, lambda tag, _: settled.append(tag)) as lanes,
+        WriterLanes[str](connections, lambda tag, _: settled.append(tag)) as lanes,
     ):
         lanes.submit(_job(connections[0], range(0, 10), -1), "first")
         lanes.submit(broken, "broken")
@@ -181,7 +185,7 @@ def test_lanes_run_two_batches_at_once_and_settle_them_in_order():
         return MappedBatch()
 
     settled: list[int] = []
-    with WriterLanes([object(), object()], lambda tag, _: settled.append(tag)) as lanes:  # type: ignore[list-item]
+    with WriterLanes[int]([object(), object()], lambda tag, _: settled.append(tag)) as lanes:  # type: ignore[list-item]
         for number in range(10):
             lanes.submit(job, number)
         lanes.finish()

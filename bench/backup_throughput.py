@@ -22,119 +22,40 @@ import argparse
 import cProfile
 import json
 import os
-import pstats
-import random
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 # Run as a script from a checkout: use this checkout's engine, installed or not.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.types.json import Jsonb, set_json_dumps
-
-from backup_pipeline.backup.records import (
-    JsonbWire,
-    KafkaMessage,
-    columns,
-    map_messages,
+from throughput_inputs import VERSION, produce, read_rows, time_copy, time_per_record
+from throughput_report import (
+    MB,
+    MEMORY_REFERENCE_RECORDS,
+    PassResult,
+    TableResult,
+    print_profiles,
+    print_report,
 )
-from backup_pipeline.backup.writer import copy_rows
-from backup_pipeline.demo.data import good_record
-from backup_pipeline.topics import TOPICS, TopicSpec, spec_for_table
-from backup_pipeline_tests.support import end_offsets
 
-TARGET_COPY_RATIO = 0.75  # backup records/s >= 0.75 x raw COPY records/s
-TARGET_PER_RECORD_RATIO = 20.0  # backup records/s >= 20 x per-record transactions
-TARGET_PEAK_RSS_MB = 300.0
-TARGET_MEMORY_RATIO = 1.5  # peak RSS(N) / peak RSS(50k records): flat memory means ~1
-MEMORY_REFERENCE_RECORDS = 50_000  # the issue's "5 million uses about what 50 thousand does"
-VERSION = 1
-MB = 1_000_000
+from backup_pipeline.topics import TOPICS, TopicSpec, spec_for_table
+from dev.harness.kafka import end_offsets
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------ results ----
-
-
-@dataclass
-class PassResult:
-    records: int
-    rows: int
-    quarantined: int
-    lag_after: int
-    payload_bytes: int
-    seconds: float
-    rss_start_mb: float
-    peak_rss_mb: float
-    batches: int
-
-    @property
-    def rate(self) -> float:
-        return self.records / self.seconds
-
-    @property
-    def mb_per_s(self) -> float:
-        return self.payload_bytes / MB / self.seconds
-
-
-@dataclass
-class TableResult:
-    table: str
-    records: int
-    payload_bytes: int = 0
-    passes: list[PassResult] = field(default_factory=list)
-    copy_seconds: list[float] = field(default_factory=list)
-    per_record_sample: int = 0
-    per_record_seconds: float = 0.0
-    small_pass: PassResult | None = None  # over 50k records: the target's reference
-    medium_pass: PassResult | None = None  # over N/10 records: shows where RSS levels off
-
-    @property
-    def pass_rate(self) -> float:
-        return statistics.median(p.rate for p in self.passes)
-
-    @property
-    def pass_mb_per_s(self) -> float:
-        return statistics.median(p.mb_per_s for p in self.passes)
-
-    @property
-    def peak_rss_mb(self) -> float:
-        return max(p.peak_rss_mb for p in self.passes)
-
-    @property
-    def copy_rate(self) -> float:
-        return self.records / statistics.median(self.copy_seconds)
-
-    @property
-    def copy_mb_per_s(self) -> float:
-        return self.payload_bytes / MB / statistics.median(self.copy_seconds)
-
-    @property
-    def per_record_rate(self) -> float:
-        return self.per_record_sample / self.per_record_seconds
-
-    @property
-    def memory_ratio(self) -> float | None:
-        if self.small_pass is None:
-            return None
-        return self.peak_rss_mb / self.small_pass.peak_rss_mb
 
 
 # ------------------------------------------------------------------ services ----
@@ -208,150 +129,6 @@ class Resources:
                 except Exception as exc:
                     log(f"could not delete topic {name}: {exc}")
             self.topics.clear()
-
-
-# ------------------------------------------------------------------ producing ----
-
-
-def produce(brokers: str, topic: str, spec: TopicSpec, count: int, seed: int) -> int:
-    """Produce ``count`` good records as fast as librdkafka allows; return payload bytes."""
-    producer = Producer(
-        {
-            "bootstrap.servers": brokers,
-            "linger.ms": 50,
-            "batch.size": 1_000_000,
-            "batch.num.messages": 100_000,
-            "compression.type": "none",
-            "acks": "all",
-            "enable.idempotence": False,
-            "queue.buffering.max.messages": 1_000_000,
-            "queue.buffering.max.kbytes": 1_048_576,
-        }
-    )
-    failures: list[str] = []
-
-    def delivered(err: KafkaError | None, _msg: Any) -> None:
-        if err is not None:
-            failures.append(err.str())
-
-    rng = random.Random(seed)
-    payload = 0
-    for i in range(count):
-        record = good_record(rng, spec.value_format, spec.table)
-        payload += len(record.key or b"") + len(record.value or b"")
-        while True:
-            try:
-                producer.produce(
-                    topic,
-                    record.value,
-                    record.key,
-                    headers=cast(Any, record.headers),
-                    on_delivery=delivered,
-                )
-                break
-            except BufferError:
-                producer.poll(0.05)
-        if i % 5000 == 0:
-            producer.poll(0)
-    left = producer.flush(300)
-    if left or failures:
-        raise RuntimeError(f"producing to {topic}: {left} undelivered, errors: {failures[:3]}")
-    return payload
-
-
-def read_rows(brokers: str, topic: str, spec: TopicSpec) -> list[tuple[Any, ...]]:
-    """Every record of the topic, mapped exactly as the backup maps it (not timed)."""
-    ends = end_offsets(brokers, topic)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": brokers,
-            "group.id": "bench-read-back",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "isolation.level": "read_committed",
-        }
-    )
-    rows: list[tuple[Any, ...]] = []
-    remaining = {p for p, end in ends.items() if end > 0}
-    consumer.assign([TopicPartition(topic, p, 0) for p in sorted(remaining)])
-    idle_since = time.monotonic()
-    try:
-        while remaining:
-            polled = consumer.consume(num_messages=10_000, timeout=1.0)
-            messages: list[KafkaMessage] = []
-            for message in polled:
-                error = message.error()
-                if error is None:
-                    messages.append(cast(KafkaMessage, message))
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    partition = cast(int, message.partition())
-                    if cast(int, message.offset()) >= ends[partition]:
-                        remaining.discard(partition)
-                else:
-                    raise RuntimeError(f"reading {topic}: {error.str()}")
-            if messages:
-                mapped = map_messages(messages, spec.value_format, VERSION, topic)
-                if mapped.quarantine:
-                    raise RuntimeError(f"{len(mapped.quarantine)} good records were quarantined")
-                rows.extend(mapped.rows)
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since > 60:
-                raise RuntimeError(f"reading {topic} back: no progress for 60s")
-    finally:
-        consumer.close()
-    return rows
-
-
-# ------------------------------------------------------------------ baselines ----
-
-
-def time_copy(url: str, spec: TopicSpec, rows: Sequence[tuple[Any, ...]]) -> float:
-    """Seconds for one binary COPY of ``rows`` plus its commit (rows are built already)."""
-    cols = columns(spec.value_format)
-    with psycopg.connect(url) as conn, conn.cursor() as cur:
-        started = time.perf_counter()
-        # The writer's own COPY, so the baseline is the fastest COPY this code knows.
-        copy_rows(cur, spec.table, cols, rows)
-        conn.commit()
-        elapsed = time.perf_counter() - started
-        cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(spec.table)))
-        stored = cur.fetchone()
-    if not stored or stored[0] != len(rows):
-        raise RuntimeError(f"COPY stored {stored} rows, expected {len(rows)}")
-    return elapsed
-
-
-def time_per_record(
-    url: str, spec: TopicSpec, topic: str, rows: Sequence[tuple[Any, ...]]
-) -> float:
-    """Seconds for "UPDATE hwm; INSERT row; COMMIT" once per row, on a fresh connection."""
-    cols = columns(spec.value_format)
-    insert = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-        sql.Identifier(spec.table),
-        sql.SQL(", ").join(sql.Identifier(c) for c, _ in cols),
-        sql.SQL(", ").join(sql.SQL("%s::") + sql.SQL(t) for _, t in cols),
-    )
-    # Parameters go as text: the JSON text of each jsonb value (rows carry jsonb's wire
-    # format), passed through by the json dumps below.
-    params = [tuple(Jsonb(v.json) if isinstance(v, JsonbWire) else v for v in row) for row in rows]
-    update = (
-        "UPDATE bekreftelse_hwm SET kafka_offset = %s "
-        "WHERE version = %s AND kafka_topic = %s AND kafka_partition = %s"
-    )
-    with psycopg.connect(url) as conn:
-        set_json_dumps(lambda obj: obj if isinstance(obj, bytes) else json.dumps(obj), context=conn)
-        conn.execute(
-            "INSERT INTO bekreftelse_hwm (version, kafka_partition, kafka_offset, kafka_topic) "
-            "SELECT %s, p, -1, %s FROM generate_series(0, 2) AS p",
-            (VERSION, topic),
-        )
-        conn.commit()
-        started = time.perf_counter()
-        for row in params:
-            conn.execute(update, (row[2], VERSION, topic, row[1]))
-            conn.execute(insert, row)
-            conn.commit()
-        return time.perf_counter() - started
 
 
 # ------------------------------------------------------------------ the pass ----
@@ -526,102 +303,6 @@ def bench_table(args: argparse.Namespace, resources: Resources, spec: TopicSpec)
             result.medium_pass = run_pass(brokers, url, spec, medium_topic, args.batch_size)
             log(f"{spec.table}: medium pass peak RSS {result.medium_pass.peak_rss_mb:.0f} MB")
     return result
-
-
-# ------------------------------------------------------------------ report ----
-
-
-def verdict(ok: bool) -> str:
-    return "ok" if ok else "MISSED"
-
-
-def print_report(args: argparse.Namespace, results: list[TableResult]) -> bool:
-    from backup_pipeline.settings import Settings
-
-    default = Settings.model_fields["backup_batch_size"].default
-    batch = args.batch_size or f"default (BACKUP_BATCH_SIZE unset: {default})"
-    print()
-    print(
-        f"backup throughput: {args.records:,} records per table, 3 partitions, "
-        f"batch size {batch}, median of {args.repeat}"
-    )
-    header = (
-        f"{'table':<26}{'records':>10}{'pass s':>8}{'pass rec/s':>12}{'pass MB/s':>10}"
-        f"{'COPY rec/s':>12}{'COPY MB/s':>10}{'per-rec/s':>11}{'peak RSS MB':>12}"
-        f"{'/COPY':>7}{'/per-rec':>10}"
-    )
-    print(header)
-    print("-" * len(header))
-    all_ok = True
-    for r in results:
-        copy_ratio = r.pass_rate / r.copy_rate
-        per_record_ratio = r.pass_rate / r.per_record_rate
-        print(
-            f"{r.table:<26}{r.records:>10,}{statistics.median(p.seconds for p in r.passes):>8.1f}"
-            f"{r.pass_rate:>12,.0f}{r.pass_mb_per_s:>10.2f}{r.copy_rate:>12,.0f}"
-            f"{r.copy_mb_per_s:>10.2f}{r.per_record_rate:>11,.0f}{r.peak_rss_mb:>12.0f}"
-            f"{copy_ratio:>7.2f}{per_record_ratio:>9.0f}x"
-        )
-    print()
-    print("targets")
-    for r in results:
-        copy_ratio = r.pass_rate / r.copy_rate
-        per_record_ratio = r.pass_rate / r.per_record_rate
-        checks = [
-            (
-                f"backup/COPY {copy_ratio:.2f} >= {TARGET_COPY_RATIO}",
-                copy_ratio >= TARGET_COPY_RATIO,
-            ),
-            (
-                f"backup/per-record {per_record_ratio:.0f}x >= {TARGET_PER_RECORD_RATIO:.0f}x",
-                per_record_ratio >= TARGET_PER_RECORD_RATIO,
-            ),
-            (
-                f"peak RSS {r.peak_rss_mb:.0f} MB < {TARGET_PEAK_RSS_MB:.0f} MB",
-                r.peak_rss_mb < TARGET_PEAK_RSS_MB,
-            ),
-        ]
-        ratio = r.memory_ratio
-        if ratio is not None and r.small_pass is not None:
-            checks.append(
-                (
-                    f"peak RSS N vs 50k {r.peak_rss_mb:.0f}/{r.small_pass.peak_rss_mb:.0f} MB "
-                    f"= {ratio:.2f} <= {TARGET_MEMORY_RATIO}",
-                    ratio <= TARGET_MEMORY_RATIO,
-                )
-            )
-        if r.medium_pass is not None and r.small_pass is not None:
-            print(
-                f"  {r.table:<26}peak RSS by records: 50k {r.small_pass.peak_rss_mb:.0f} MB, "
-                f"N/10 {r.medium_pass.peak_rss_mb:.0f} MB, N {r.peak_rss_mb:.0f} MB "
-                f"(N vs N/10 = {r.peak_rss_mb / r.medium_pass.peak_rss_mb:.2f}; info)"
-            )
-        for text, ok in checks:
-            all_ok &= ok
-            print(f"  {r.table:<26}{text:<52}{verdict(ok)}")
-    print()
-    for r in results:
-        for i, p in enumerate(r.passes, 1):
-            print(
-                f"  {r.table} pass {i}: {p.seconds:.2f}s, {p.batches} batches, "
-                f"RSS at start {p.rss_start_mb:.0f} MB, peak {p.peak_rss_mb:.0f} MB; "
-                f"COPY {r.copy_seconds[i - 1]:.2f}s"
-            )
-        print(
-            f"  {r.table} per record: {r.per_record_sample:,} records in "
-            f"{r.per_record_seconds:.2f}s"
-        )
-    if args.profile:
-        print("\nNOTE: passes ran under cProfile; their figures include the profiler's cost.")
-    return all_ok
-
-
-def print_profiles(directory: str) -> None:
-    for path in sorted(Path(directory).glob("*.prof")):
-        print(f"\n=== {path.name}: top functions by own time ===")
-        pstats.Stats(str(path)).sort_stats("tottime").print_stats(20)
-        print(f"=== {path.name}: top by cumulative time ===")
-        pstats.Stats(str(path)).sort_stats("cumulative").print_stats(25)
 
 
 # ------------------------------------------------------------------ main ----

@@ -45,7 +45,7 @@ def log(message: str) -> None:
 
 
 def with_dbname(url: str, name: str) -> str:
-    from backup_pipeline_tests.support import with_dbname as impl
+    from dev.harness.db import with_dbname as impl
 
     return impl(url, name)
 

@@ -76,7 +76,7 @@ SCENARIOS = {
 
 
 # Sensors of the code location and their tick; ticks a day that start a run.
-SENSORS = len(defs.sensors or [])
+SENSORS = len(list(defs.sensors or []))
 SENSOR_INTERVAL_SECONDS = 30
 SUCCESS_TICKS = 2_300
 

@@ -46,7 +46,8 @@ from backup_pipeline.metrics import server
 from backup_pipeline.migrate import migrate
 from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TOPICS
-from backup_pipeline_tests.support import produce_many, with_dbname
+from dev.harness.db import with_dbname
+from dev.harness.kafka import produce_many
 
 
 def log(message: str) -> None:

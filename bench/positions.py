@@ -30,7 +30,8 @@ from backup_pipeline.positions.snapshot import take_snapshot
 from backup_pipeline.restore.run import RestoreRequest, restore
 from backup_pipeline.settings import load_settings
 from backup_pipeline.topics import spec_for_table
-from backup_pipeline_tests.support import delete_topic, end_offsets, produce_many, with_dbname
+from dev.harness.db import with_dbname
+from dev.harness.kafka import delete_topic, end_offsets, produce_many
 
 SPEC = spec_for_table("bekreftelser")
 

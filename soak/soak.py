@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import re
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -27,115 +25,28 @@ import time
 import uuid
 from collections import Counter
 from contextlib import closing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
 # Run as a script from a checkout: this checkout's packages, installed or not.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backup_pipeline.demo.data import awkward_record, good_record
+from soak_faults import FAULT_KINDS, Faults
+from soak_producers import Produced, producer_loop
+
 from backup_pipeline.kafka.admin import create_topics
-from backup_pipeline.topics import TOPICS, TopicSpec
-from backup_pipeline_tests.support import (
-    REPO,
-    DagsterServer,
-    DevServices,
-    accounted,
-    consumer_end_offsets,
-    hwms,
-    run_process_pid,
-)
+from backup_pipeline.topics import TOPICS
+from dev.harness.dagster import DagsterServer
+from dev.harness.db import accounted, hwms
+from dev.harness.kafka import consumer_end_offsets
+from dev.harness.processes import REPO
+from dev.harness.services import DevServices
 
 log = logging.getLogger("soak")
-
-FAULT_KINDS = (
-    "postgres_restart",  # fast shutdown (SIGINT), down a few seconds, start again
-    "postgres_crash",  # SIGKILL of the postmaster, crash recovery on start
-    "kafka_kill",  # SIGKILL of the broker, down a few seconds, start again
-    "kafka_stop",  # SIGTERM (clean shutdown), down a few seconds, start again
-    "run_kill",  # SIGKILL of the process executing a Dagster backup run
-)
-
-
-# ------------------------------------------------------------------ producers ----
-
-
-@dataclass
-class Produced:
-    """What the producers' delivery reports said, per topic."""
-
-    delivered: dict[str, set[tuple[int, int]]] = field(default_factory=dict)
-    failed: Counter[str] = field(default_factory=Counter)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def on_delivery(self, topic: str):  # type: ignore[no-untyped-def]
-        def report(err: KafkaError | None, msg: Message) -> None:
-            with self.lock:
-                if err is None:
-                    self.delivered.setdefault(topic, set()).add(
-                        (cast(int, msg.partition()), cast(int, msg.offset()))
-                    )
-                else:
-                    self.failed[topic] += 1
-
-        return report
-
-
-def producer_loop(
-    brokers: str,
-    spec: TopicSpec,
-    topic: str,
-    rate: float,
-    awkward_share: float,
-    produced: Produced,
-    stop: threading.Event,
-    seed: int,
-) -> None:
-    rng = random.Random(seed)
-    producer = Producer(
-        {
-            "bootstrap.servers": brokers,
-            "acks": "all",
-            "enable.idempotence": True,
-            "linger.ms": 20,
-            # Ride out a broker outage (the soak keeps it short) instead of giving up.
-            "message.timeout.ms": 300_000,
-            "log_level": 0,
-        }
-    )
-    report = produced.on_delivery(topic)
-    interval = 1.0 / rate
-    next_at = time.monotonic()
-    while not stop.is_set():
-        make = awkward_record if rng.random() < awkward_share else good_record
-        record = make(rng, spec.value_format, spec.table)
-        while not stop.is_set():
-            try:
-                producer.produce(
-                    topic,
-                    key=record.key,
-                    value=record.value,
-                    headers=list(record.headers),
-                    on_delivery=report,
-                )
-                break
-            except BufferError:
-                producer.poll(0.2)
-        producer.poll(0)
-        next_at += interval
-        delay = next_at - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        elif delay < -5:
-            next_at = time.monotonic()  # fell behind (broker down): don't burst afterwards
-    left = producer.flush(300)
-    if left:
-        log.error("%s: %d records still undelivered after flush", topic, left)
 
 
 # ------------------------------------------------------------------- probes ----
@@ -175,65 +86,6 @@ class LagMonitor(threading.Thread):
                         log.debug("lag of %s: %s", topic, exc)
         finally:
             consumer.close()
-
-
-# ------------------------------------------------------------------- faults ----
-
-
-class Faults:
-    def __init__(
-        self, services: DevServices, server: DagsterServer, rng: random.Random, max_down: float
-    ) -> None:
-        self.services, self.server, self.rng, self.max_down = services, server, rng, max_down
-        self.injected: Counter[str] = Counter()
-        self.skipped: Counter[str] = Counter()
-        self.restart_seconds: dict[str, list[float]] = {}
-
-    def inject(self, kind: str) -> None:
-        if kind == "run_kill":
-            self._kill_a_run()
-            return
-        server, sig = {
-            "postgres_restart": ("postgres", signal.SIGINT),
-            "postgres_crash": ("postgres", signal.SIGKILL),
-            "kafka_kill": ("kafka", signal.SIGKILL),
-            "kafka_stop": ("kafka", signal.SIGTERM),
-        }[kind]
-        self.services.signal(server, sig)
-        down = self.rng.uniform(0, self.max_down)
-        log.info("fault %s: %s stopped with %s, down for %.1fs", kind, server, sig.name, down)
-        time.sleep(down)
-        took = self.services.up()
-        self.restart_seconds.setdefault(server, []).append(took)
-        self.injected[kind] += 1
-        log.info("fault %s: %s back after %.1fs", kind, server, took)
-
-    def _kill_a_run(self) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                running = [r for r in self.server.runs() if r["status"] == "STARTED"]
-                for run in running:
-                    pid = run_process_pid(self.server, run["runId"])
-                    if pid and _is_python(pid):
-                        os.kill(pid, signal.SIGKILL)
-                        self.injected["run_kill"] += 1
-                        log.info(
-                            "fault run_kill: run %s (%s), pid %d", run["runId"], run["jobName"], pid
-                        )
-                        return
-            except Exception as exc:  # the webserver may be busy: try again
-                log.debug("looking for a run to kill: %s", exc)
-            time.sleep(0.3)
-        self.skipped["run_kill"] += 1
-        log.info("fault run_kill: no run was running within 30s, skipped")
-
-
-def _is_python(pid: int) -> bool:
-    try:
-        return b"python" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
 
 
 # ------------------------------------------------------------------ checking ----
@@ -364,7 +216,7 @@ def main() -> int:
         }
         server = DagsterServer(state / "dagster_home", env)
         server.start()
-        log.info("dagster dev on %s", server.url)
+        log.info("Dagster (dev/harness/dagster.py) on %s", server.url)
 
         produced = Produced()
         stop_producing = threading.Event()

@@ -1,8 +1,9 @@
 """Every wait in a test derives from one scale factor, and none outlives the test's timeout.
 
 ``BACKUP_TEST_TIME_SCALE`` (default 1) multiplies every wait written with ``scaled`` or
-``wait_until`` and the pytest timeout (conftest.py), so a slow or busy machine gets
-``BACKUP_TEST_TIME_SCALE=3 make test`` instead of edits to individual tests.
+``wait_until`` and the pytest timeout (backup_pipeline_tests/conftest.py), so a slow or
+busy machine gets ``BACKUP_TEST_TIME_SCALE=3 make test`` instead of edits to individual
+tests. bench/ and soak/ use the same waits through the harness (dev/harness).
 
 ``wait_until`` polls a condition; it never waits past the running test's own pytest
 timeout (less a margin for teardown): a wait that would outlive it fails with a message
