@@ -10,20 +10,32 @@ decodes once a schema that knows the symbol is vendored (``decode --retry-undeco
 
 A decode counts only if it consumes every byte of the value: a body that a schema reads
 without error but with bytes left over was written with another schema.
+
+Rows come out as the values binary COPY sends (``COPY_TYPES``): a uuid as its 16 bytes, a
+timestamptz as microseconds since 2000-01-01 UTC. Where a writer schema puts the logical
+types ``uuid`` and ``timestamp-millis`` on the fields the table expects them on, the value
+is read without them (a str and an int) and converted here: fastavro would build a
+``uuid.UUID`` and a ``datetime`` per field only for psycopg to take them apart again, which
+was half the decode's time (bench/decode.py). The checks stay those of fastavro's logical
+readers: a uuid must be 32 hex digits, a timestamp within years 1-9999.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import struct
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 
 from fastavro import parse_schema, schemaless_reader
 
-from backup_pipeline.decode.catalog import BEKREFTELSER, PAA_VEGNE_AV, AvroTable
+from backup_pipeline.decode.catalog import AVRO_TABLES, BEKREFTELSER, PAA_VEGNE_AV, AvroTable
 
 MAGIC = 0
 FRAME = 5  # magic byte + 4-byte big-endian schema id
@@ -36,6 +48,24 @@ DOES_NOT_FIT = "does_not_fit"  # the id's schema does not read these bytes (exac
 UNKNOWN_ENUM_SYMBOL = "unknown_enum_symbol"
 # Kinds that a known schema can settle, retried automatically on every pass.
 WAITING_FOR_SCHEMA = (UNKNOWN_SCHEMA, SCHEMA_PENDING)
+
+# Binary COPY sends no type tags: the server reads each field with its column's receive
+# function. So a uuid goes as 16 bytes and a timestamptz as an int8 of microseconds since
+# 2000-01-01 UTC, both through psycopg's compiled dumpers.
+_WIRE = {"uuid": "bytea", "timestamptz": "int8"}
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_PG_EPOCH_MILLIS = 946_684_800_000
+_MICROSECOND = timedelta(microseconds=1)
+# What fastavro's timestamp-millis reader accepts (a datetime: years 1 to 9999).
+_MIN_MILLIS = -62_135_596_800_000
+_MAX_MILLIS = 253_402_300_799_999
+# Logical types read as their plain Avro type where the table expects them.
+_CONVERTED = {"uuid": "uuid", "timestamptz": "timestamp-millis"}
+
+
+def copy_types(table: AvroTable) -> list[str]:
+    """The types to give psycopg's binary COPY for the rows ``decode`` returns."""
+    return [_WIRE.get(c.pg_type, c.pg_type) for c in table.columns]
 
 
 class Undecodable(Exception):
@@ -51,14 +81,23 @@ class WriterSchema:
     text: str  # exactly as resolved (registry answer or vendored file)
     source: str  # 'registry' or 'vendored:<file>'
     parsed: Any
+    # What values are read with: ``parsed`` less the logical types converted here.
+    reader: Any = None
+    # Whether ``reader`` gives timestamps as int milliseconds (else as datetimes).
+    plain: bool = False
 
     @property
     def record_name(self) -> str:
         return str(self.parsed.get("name", "")) if isinstance(self.parsed, dict) else ""
 
 
+@functools.lru_cache(maxsize=256)  # vendored candidates are parsed again per resolve
 def parse(schema_id: int, text: str, source: str) -> WriterSchema:
-    return WriterSchema(schema_id, text, source, parse_schema(json.loads(text)))
+    schema = json.loads(text)
+    parsed = parse_schema(schema)
+    if _fits_plain_read(schema):
+        return WriterSchema(schema_id, text, source, parsed, parse_schema(_plain(schema)), True)
+    return WriterSchema(schema_id, text, source, parsed, parsed, False)
 
 
 def vendored_text(name: str) -> str:
@@ -78,12 +117,13 @@ def schema_id_of(value: bytes) -> int:
 
 
 def decode(table: AvroTable, value: bytes, writer: WriterSchema) -> tuple[Any, ...]:
-    """The value columns (after the key and schema id) of one framed value."""
+    """The value columns (after the key and schema id) of one framed value, as COPY
+    sends them (``copy_types``)."""
     buf = io.BytesIO(value)
     buf.seek(FRAME)
     try:
         # Record names only where a union of records needs them (10% of the read's time).
-        record = schemaless_reader(buf, writer.parsed, None, return_record_name=table.record_union)
+        record = schemaless_reader(buf, writer.reader, None, return_record_name=table.record_union)
     except Exception as exc:  # fastavro raises EOFError, IndexError, ValueError, ...
         raise Undecodable(
             DOES_NOT_FIT,
@@ -100,7 +140,7 @@ def decode(table: AvroTable, value: bytes, writer: WriterSchema) -> tuple[Any, .
     try:
         if not isinstance(record, dict):
             raise TypeError(f"expected a record, got {type(record).__name__}")
-        return _FLATTEN[table.raw_table](table, record)
+        return _FLATTEN[table.raw_table](table, record, _millis if writer.plain else _instant)
     except Undecodable:
         raise
     except Exception as exc:  # a field of an unexpected type or shape
@@ -109,6 +149,53 @@ def decode(table: AvroTable, value: bytes, writer: WriterSchema) -> tuple[Any, .
             f"schema {writer.schema_id} ({writer.source}) does not have the fields of "
             f"{table.record_name}: {type(exc).__name__}: {exc}",
         ) from None
+
+
+def as_python(table: AvroTable, row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row of ``decode`` (after the key columns) with uuid and timestamptz values as
+    Python objects, for statements that bind parameters instead of COPYing."""
+    return tuple(
+        None
+        if value is None
+        else uuid.UUID(bytes=value)
+        if column.pg_type == "uuid"
+        else _PG_EPOCH + value * _MICROSECOND
+        if column.pg_type == "timestamptz"
+        else value
+        for column, value in zip(table.columns[-len(row) :], row, strict=True)
+    )
+
+
+def _uuid(value: Any) -> bytes:
+    # The common form: 32 hex digits (with dashes). Anything else is judged by uuid.UUID,
+    # as fastavro's uuid reader does, so the same strings decode and the same fail.
+    if type(value) is str:
+        digits = value.replace("-", "")
+        if len(digits) == 32:
+            try:
+                raw = bytes.fromhex(digits)
+            except ValueError:
+                raw = b""
+            if len(raw) == 16:
+                return raw
+        return uuid.UUID(value).bytes
+    if isinstance(value, uuid.UUID):
+        return value.bytes
+    raise TypeError(f"expected a uuid, got {type(value).__name__}")
+
+
+def _millis(value: Any) -> int:
+    if type(value) is not int:
+        raise TypeError(f"expected timestamp-millis, got {type(value).__name__}")
+    if not _MIN_MILLIS <= value <= _MAX_MILLIS:
+        raise OverflowError(f"timestamp-millis {value} is outside years 1-9999")
+    return (value - _PG_EPOCH_MILLIS) * 1000
+
+
+def _instant(value: Any) -> int:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise TypeError(f"expected a timestamp, got {type(value).__name__}")
+    return (value - _PG_EPOCH) // _MICROSECOND
 
 
 def _enum(table: AvroTable, enum_name: str, symbol: Any) -> str:
@@ -121,32 +208,37 @@ def _enum(table: AvroTable, enum_name: str, symbol: Any) -> str:
     return str(symbol)
 
 
-def _bekreftelse(table: AvroTable, r: dict[str, Any]) -> tuple[Any, ...]:
+_LOESNING = "no.nav.paw.bekreftelse.melding.v1.vo.Bekreftelsesloesning"
+_BRUKER_TYPE = "no.nav.paw.bekreftelse.melding.v1.vo.BrukerType"
+_PAA_VEGNE_AV_LOESNING = "no.nav.paw.bekreftelse.paavegneav.v1.vo.Bekreftelsesloesning"
+
+
+def _bekreftelse(
+    table: AvroTable, r: dict[str, Any], instant: Callable[[Any], int]
+) -> tuple[Any, ...]:
     svar = r["svar"]
     sendt = svar["sendtInnAv"]
     bruker = sendt["utfoertAv"]
     return (
-        r["periodeId"],
-        _enum(
-            table,
-            "no.nav.paw.bekreftelse.melding.v1.vo.Bekreftelsesloesning",
-            r["bekreftelsesloesning"],
-        ),
-        r["id"],
-        sendt["tidspunkt"],
-        _enum(table, "no.nav.paw.bekreftelse.melding.v1.vo.BrukerType", bruker["type"]),
+        _uuid(r["periodeId"]),
+        _enum(table, _LOESNING, r["bekreftelsesloesning"]),
+        _uuid(r["id"]),
+        instant(sendt["tidspunkt"]),
+        _enum(table, _BRUKER_TYPE, bruker["type"]),
         bruker["id"],
         bruker.get("sikkerhetsnivaa"),
         sendt["kilde"],
         sendt["aarsak"],
-        svar["gjelderFra"],
-        svar["gjelderTil"],
+        instant(svar["gjelderFra"]),
+        instant(svar["gjelderTil"]),
         _bool(svar["harJobbetIDennePerioden"]),
         _bool(svar["vilFortsetteSomArbeidssoeker"]),
     )
 
 
-def _paa_vegne_av(table: AvroTable, r: dict[str, Any]) -> tuple[Any, ...]:
+def _paa_vegne_av(
+    table: AvroTable, r: dict[str, Any], instant: Callable[[Any], int]
+) -> tuple[Any, ...]:
     branch, fields = r["handling"]  # (record full name, fields): return_record_name
     handling = str(branch).rsplit(".", 1)[-1]
     if handling == "Start":
@@ -156,12 +248,8 @@ def _paa_vegne_av(table: AvroTable, r: dict[str, Any]) -> tuple[Any, ...]:
     else:
         raise Undecodable(DOES_NOT_FIT, f"handling is {branch!r}, neither Start nor Stopp")
     return (
-        r["periodeId"],
-        _enum(
-            table,
-            "no.nav.paw.bekreftelse.paavegneav.v1.vo.Bekreftelsesloesning",
-            r["bekreftelsesloesning"],
-        ),
+        _uuid(r["periodeId"]),
+        _enum(table, _PAA_VEGNE_AV_LOESNING, r["bekreftelsesloesning"]),
         handling,
         interval,
         grace,
@@ -176,3 +264,63 @@ def _bool(value: Any) -> bool:
 
 
 _FLATTEN = {BEKREFTELSER.raw_table: _bekreftelse, PAA_VEGNE_AV.raw_table: _paa_vegne_av}
+
+
+def _fits_plain_read(schema: Any) -> bool:
+    """Whether the schema is one of a table's records with ``uuid`` / ``timestamp-millis``
+    exactly on the fields of that table's uuid / timestamptz columns."""
+    if not isinstance(schema, dict):
+        return False
+    name = str(schema.get("name", ""))
+    full = name if "." in name or not schema.get("namespace") else f"{schema['namespace']}.{name}"
+    table = next((t for t in AVRO_TABLES if t.record_name == full), None)
+    if table is None:
+        return False
+    found: dict[str, set[str | None]] = {}
+    _logical_types(schema, "", found, {})
+    return all(
+        found.get(c.avro_path) == {_CONVERTED[c.pg_type]}
+        for c in table.value_columns
+        if c.pg_type in _CONVERTED
+    )
+
+
+def _logical_types(
+    schema: Any, path: str, found: dict[str, set[str | None]], named: dict[str, Any]
+) -> None:
+    """The logicalType at each dotted field path (a union of records adds the branch's
+    short name, as the columns' avro_path does)."""
+    if isinstance(schema, str) and schema in named:
+        schema = named[schema]
+    if isinstance(schema, list):
+        branches = [b for b in schema if b != "null"]
+        for branch in branches:
+            record = isinstance(branch, dict) and branch.get("type") == "record"
+            short = str(branch.get("name", "")).rsplit(".", 1)[-1] if record else ""
+            _logical_types(
+                branch, f"{path}.{short}" if len(branches) > 1 and record else path, found, named
+            )
+        return
+    if isinstance(schema, dict) and schema.get("type") in ("record", "enum", "fixed"):
+        named[str(schema.get("name", ""))] = schema
+        named[str(schema.get("name", "")).rsplit(".", 1)[-1]] = schema
+    if isinstance(schema, dict) and schema.get("type") == "record":
+        for field in schema.get("fields", []):
+            name = str(field.get("name", ""))
+            _logical_types(field.get("type"), f"{path}.{name}" if path else name, found, named)
+        return
+    logical = schema.get("logicalType") if isinstance(schema, dict) else None
+    found.setdefault(path, set()).add(str(logical) if logical else None)
+
+
+def _plain(schema: Any) -> Any:
+    """The schema without the logical types that decode() converts itself."""
+    if isinstance(schema, dict):
+        return {
+            k: _plain(v)
+            for k, v in schema.items()
+            if not (k == "logicalType" and v in _CONVERTED.values())
+        }
+    if isinstance(schema, list):
+        return [_plain(v) for v in schema]
+    return schema

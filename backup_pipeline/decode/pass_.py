@@ -26,6 +26,8 @@ from backup_pipeline.decode.catalog import AvroTable
 from backup_pipeline.decode.decoder import (
     WAITING_FOR_SCHEMA,
     Undecodable,
+    as_python,
+    copy_types,
     schema_id_of,
 )
 from backup_pipeline.decode.resolver import Resolver
@@ -140,7 +142,7 @@ def _batch(
                 sql.Identifier(table.decoded_table), names
             )
         ) as copy:
-            copy.set_types([c.pg_type for c in table.columns])
+            copy.set_types(copy_types(table))
             for values in decoded:
                 copy.write_row(values)
     failpoints.hit("decode_after_copy")
@@ -238,7 +240,7 @@ def retry_undecodable(
             try:
                 schema_id = schema_id_of(value)
                 columns = resolver.decode(conn, table, schema_id, value)
-                inserts.append((version, partition, offset, schema_id, *columns))
+                inserts.append((version, partition, offset, schema_id, *as_python(table, columns)))
                 done.append(row_id)
             except Undecodable as exc:
                 still.append(
