@@ -1,11 +1,12 @@
 """The decode pass: raw Avro rows past the decode watermark -> typed rows, incrementally.
 
-Per (table, version, partition) and batch, one transaction: lock the watermark row, read
-the raw rows after it, write their decoded rows (COPY) and list the undecodable ones, move
-the watermark to the last raw offset read, commit. A crash anywhere rolls the whole batch
-back, so the next pass starts from the same watermark: nothing lost, nothing twice. Two
-decoders on the same partition queue on the watermark row lock (the second then reads the
-first's new watermark), so they cannot write a row twice either.
+Per (table, version, partition) and batch, one transaction: move the watermark row from
+the offset the batch's raw rows were read after to the last of them (compare-and-set: it
+takes the row lock and fails if another decoder moved it first), write their decoded rows
+(COPY) and list the undecodable ones, commit. A crash anywhere rolls the whole batch back,
+so the next pass starts from the same watermark: nothing lost, nothing twice. Two decoders
+on the same partition queue on the watermark row lock; the second finds it moved, rolls
+back and reads again from the first's new watermark, so they cannot write a row twice.
 
 Before the new rows, the pass retries the undecodable rows waiting for a schema whose id
 has become known (or can be resolved now: registry back); ``retry_all`` retries every
@@ -14,12 +15,17 @@ open one (after a new vendored schema, ``backup-pipeline decode --retry-undecoda
 
 from __future__ import annotations
 
+import io
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import Params
+from psycopg.copy import FileWriter
+from psycopg.types.string import BytesBinaryDumper
 
 from backup_pipeline import failpoints
 from backup_pipeline.decode.catalog import AvroTable
@@ -30,7 +36,7 @@ from backup_pipeline.decode.decoder import (
     copy_types,
     schema_id_of,
 )
-from backup_pipeline.decode.resolver import Resolver
+from backup_pipeline.decode.resolver import Executes, Resolver
 
 log = logging.getLogger(__name__)
 
@@ -74,92 +80,256 @@ def decode_pass(
     resolver.load(conn)
     conn.commit()
     retry_undecodable(conn, table, resolver, report, retry_all=retry_all, batch_size=batch_size)
-    for version, partition in versions_and_partitions(conn, topic):
-        while max_rows is None or report.raw_rows < max_rows:
-            limit = batch_size if max_rows is None else min(batch_size, max_rows - report.raw_rows)
-            if not _batch(conn, table, resolver, version, partition, limit, report):
-                break
+    partitions = versions_and_partitions(conn, topic)
+    with _Writer(conn, table) as writer:
+        # Another decoder moved a watermark under us: its batch stands, ours was rolled
+        # back; start again from the watermarks as they are now.
+        while not _decode_batches(
+            conn, writer, table, resolver, partitions, batch_size, max_rows, report
+        ):
+            conn.rollback()
+            resolver.load(conn)  # forgets ids kept by the rolled-back batches
+            conn.commit()
     return report
 
 
-def _batch(
+@dataclass
+class _Batch:
+    """Raw rows read after a partition's watermark, and what they decoded to."""
+
+    version: int
+    partition: int
+    after: int  # the watermark they were read after: moved only if it still holds
+    raw: list[tuple[int, bytes]]
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    failed: list[tuple[Any, ...]] = field(default_factory=list)
+    by_kind: dict[str, int] = field(default_factory=dict)
+    stream: memoryview | None = None  # the rows as one binary COPY stream
+
+
+def _decode_batches(
     conn: psycopg.Connection[Any],
+    writer: _Writer,
     table: AvroTable,
     resolver: Resolver,
-    version: int,
-    partition: int,
-    limit: int,
+    partitions: list[tuple[int, int]],
+    batch_size: int,
+    max_rows: int | None,
     report: DecodeReport,
 ) -> bool:
-    """One transaction; False when the partition had nothing after its watermark."""
-    key = (table.raw_table, version, partition)
-    conn.execute(
-        "INSERT INTO backup_decode_hwm (table_name, version, kafka_partition, kafka_offset) "
-        "VALUES (%s, %s, %s, -1) ON CONFLICT DO NOTHING",
-        key,
-    )
-    row = conn.execute(
-        "SELECT kafka_offset FROM backup_decode_hwm "
-        "WHERE table_name = %s AND version = %s AND kafka_partition = %s FOR UPDATE",
-        key,
-    ).fetchone()
-    assert row is not None
-    watermark = int(row[0])
+    """Read, decode and write batch after batch; False if another decoder moved a
+    watermark meanwhile (then nothing of this call after that batch was committed).
+
+    Batch k+1 is decoded (this thread) while batch k is written (writer thread), so
+    PostgreSQL stores one batch while Python decodes the next. Only the writer's
+    transaction moves a watermark, and only from the offset its rows were read after
+    (compare-and-set under the row lock), so rows read outside that transaction are
+    never written twice, by this decoder or another."""
+    marks = _watermarks(conn, table, partitions)
+    pending = list(partitions)
+    read = report.raw_rows
+
+    def next_batch() -> _Batch | None:
+        nonlocal read
+        while pending:
+            limit = batch_size if max_rows is None else min(batch_size, max_rows - read)
+            if limit <= 0:
+                return None
+            version, partition = pending[0]
+            after = marks[(version, partition)]
+            raw = _read_raw(conn, table, version, partition, after, limit)
+            if raw:
+                marks[(version, partition)] = raw[-1][0]
+                read += len(raw)
+                return _Batch(version, partition, after, raw)
+            pending.pop(0)
+        return None
+
+    batch = next_batch()
+    while batch is not None:
+        # The resolver may keep a schema: on the connection, once the last write is done,
+        # in the transaction that then writes this batch.
+        _decode_batch(_AfterWrite(conn, writer), table, resolver, batch, report)
+        batch.stream = writer.encode(batch.rows)
+        if not writer.settle(report):
+            return False
+        following = next_batch()  # on the connection before the writer takes it
+        writer.submit(batch)
+        batch = following
+    if not writer.settle(report):
+        return False
+    conn.commit()
+    return True
+
+
+def _watermarks(
+    conn: psycopg.Connection[Any], table: AvroTable, partitions: list[tuple[int, int]]
+) -> dict[tuple[int, int], int]:
+    marks = {}
+    for version, partition in partitions:
+        key = (table.raw_table, version, partition)
+        conn.execute(
+            "INSERT INTO backup_decode_hwm (table_name, version, kafka_partition, kafka_offset) "
+            "VALUES (%s, %s, %s, -1) ON CONFLICT DO NOTHING",
+            key,
+        )
+        row = conn.execute(
+            "SELECT kafka_offset FROM backup_decode_hwm "
+            "WHERE table_name = %s AND version = %s AND kafka_partition = %s",
+            key,
+        ).fetchone()
+        assert row is not None
+        marks[(version, partition)] = int(row[0])
+    conn.commit()
+    return marks
+
+
+def _read_raw(
+    conn: psycopg.Connection[Any],
+    table: AvroTable,
+    version: int,
+    partition: int,
+    after: int,
+    limit: int,
+) -> list[tuple[int, bytes]]:
     # Binary results: bytea arrives as bytes, without the hex text round trip.
-    raw = (
+    return (
         conn.cursor(binary=True)
         .execute(
             sql.SQL(
                 "SELECT kafka_offset, data FROM {} WHERE version = %s AND kafka_partition = %s "
                 "AND kafka_offset > %s ORDER BY kafka_offset LIMIT %s"
             ).format(sql.Identifier(table.raw_table)),
-            (version, partition, watermark, limit),
+            (version, partition, after, limit),
         )
         .fetchall()
     )
-    if not raw:
-        conn.commit()
-        return False
-    decoded: list[tuple[Any, ...]] = []
-    failed: list[tuple[Any, ...]] = []
-    for offset, value in raw:
+
+
+def _decode_batch(
+    conn: Executes, table: AvroTable, resolver: Resolver, batch: _Batch, report: DecodeReport
+) -> None:
+    version, partition, raw_table = batch.version, batch.partition, table.raw_table
+    rows, failed, by_kind, seen = batch.rows, batch.failed, batch.by_kind, report.schema_ids
+    for offset, value in batch.raw:
         schema_id: int | None = None
         try:
             schema_id = schema_id_of(value)
-            report.schema_ids.add(schema_id)
-            columns = resolver.decode(conn, table, schema_id, value)
-            decoded.append((version, partition, offset, schema_id, *columns))
+            seen.add(schema_id)
+            rows.append(
+                (
+                    version,
+                    partition,
+                    offset,
+                    schema_id,
+                    *resolver.decode(conn, table, schema_id, value),
+                )
+            )
         except Undecodable as exc:
-            failed.append(
-                (table.raw_table, version, partition, offset, schema_id, exc.kind, exc.reason)
-            )
-            report.by_kind[exc.kind] = report.by_kind.get(exc.kind, 0) + 1
-    if decoded:
-        names = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
-        # Binary COPY: about 3.5x the text format's rows/s for these columns (bench/decode.py).
-        with conn.cursor().copy(
-            sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-                sql.Identifier(table.decoded_table), names
-            )
-        ) as copy:
-            copy.set_types(copy_types(table))
-            for values in decoded:
-                copy.write_row(values)
-    failpoints.hit("decode_after_copy")
-    if failed:
-        _list_undecodable(conn, failed)
-    conn.execute(
-        "UPDATE backup_decode_hwm SET kafka_offset = %s "
-        "WHERE table_name = %s AND version = %s AND kafka_partition = %s",
-        (raw[-1][0], *key),
-    )
-    failpoints.hit("decode_before_commit")
-    conn.commit()
-    report.decoded += len(decoded)
-    report.undecodable += len(failed)
-    report.raw_rows += len(raw)
-    report.batches += 1
-    return True
+            failed.append((raw_table, version, partition, offset, schema_id, exc.kind, exc.reason))
+            by_kind[exc.kind] = by_kind.get(exc.kind, 0) + 1
+
+
+class _AfterWrite:
+    """The connection for the resolver (rarely: a new schema id), once the writer thread
+    is done with it."""
+
+    def __init__(self, conn: psycopg.Connection[Any], writer: _Writer) -> None:
+        self._conn = conn
+        self._writer = writer
+
+    def execute(self, query: str, params: Params | None = None) -> psycopg.Cursor[Any]:
+        self._writer.wait()
+        return self._conn.execute(query, params)
+
+
+class _Writer:
+    """Writes batches on the pass's connection in a thread of its own, one at a time.
+
+    A batch's transaction moves its partition's watermark from the offset the rows were
+    read after (or finds another decoder moved it: then it rolls back and says so),
+    COPYs the rows, lists the undecodable ones and commits. Rows are encoded into the
+    COPY stream on the decoding thread (``encode``), so this thread holds the GIL only to
+    hand bytes to libpq and waits for PostgreSQL without it.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any], table: AvroTable) -> None:
+        self._conn = conn
+        self._table = table
+        self._copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            sql.Identifier(table.decoded_table),
+            sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns),
+        )
+        self._types = copy_types(table)
+        # The encoder's cursor never sends anything; its dumpers are made now, on this
+        # thread, before the writer thread uses the connection.
+        self._encoder = conn.cursor()
+        # By type OID psycopg dumps bytea (the uuid columns) with its DB-API ``Binary``
+        # dumper, in Python; the compiled BytesBinaryDumper does the same in C.
+        self._encoder.adapters.register_dumper(None, BytesBinaryDumper)
+        self.encode([])
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-writer")
+        self._in_flight: tuple[Future[bool], _Batch] | None = None
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True)
+
+    def encode(self, rows: list[tuple[Any, ...]]) -> memoryview:
+        buffer = io.BytesIO()
+        with psycopg.Copy(self._encoder, binary=True, writer=FileWriter(buffer)) as copy:
+            copy.set_types(self._types)
+            for row in rows:
+                copy.write_row(row)
+        return buffer.getbuffer()
+
+    def submit(self, batch: _Batch) -> None:
+        assert self._in_flight is None
+        self._in_flight = (self._pool.submit(self._write, batch), batch)
+
+    def wait(self) -> None:
+        if self._in_flight is not None:
+            self._in_flight[0].exception()
+
+    def settle(self, report: DecodeReport) -> bool:
+        """Wait for the batch in flight; count it if it committed. False if another
+        decoder had moved its watermark (nothing of it was written)."""
+        if self._in_flight is None:
+            return True
+        future, batch = self._in_flight
+        self._in_flight = None
+        if not future.result():  # raises what the write raised
+            return False
+        report.decoded += len(batch.rows)
+        report.undecodable += len(batch.failed)
+        report.raw_rows += len(batch.raw)
+        report.batches += 1
+        for kind, n in batch.by_kind.items():
+            report.by_kind[kind] = report.by_kind.get(kind, 0) + n
+        return True
+
+    def _write(self, batch: _Batch) -> bool:
+        conn = self._conn
+        moved = conn.execute(
+            "UPDATE backup_decode_hwm SET kafka_offset = %s WHERE table_name = %s "
+            "AND version = %s AND kafka_partition = %s AND kafka_offset = %s",
+            (batch.raw[-1][0], self._table.raw_table, batch.version, batch.partition, batch.after),
+        )
+        if moved.rowcount != 1:
+            conn.rollback()
+            return False
+        if batch.rows:
+            assert batch.stream is not None
+            with conn.cursor().copy(self._copy) as copy:
+                copy.write(batch.stream)
+        failpoints.hit("decode_after_copy")
+        if batch.failed:
+            _list_undecodable(conn, batch.failed)
+        failpoints.hit("decode_before_commit")
+        conn.commit()
+        return True
 
 
 def _list_undecodable(conn: psycopg.Connection[Any], failed: list[tuple[Any, ...]]) -> None:
