@@ -28,7 +28,7 @@ import json
 import struct
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
@@ -39,6 +39,7 @@ from backup_pipeline.decode.catalog import AVRO_TABLES, BEKREFTELSER, PAA_VEGNE_
 
 MAGIC = 0
 FRAME = 5  # magic byte + 4-byte big-endian schema id
+_SCHEMA_ID = struct.Struct(">I").unpack_from
 
 # reason_kind values of backup_undecodable
 NOT_FRAMED = "not_framed"
@@ -68,6 +69,9 @@ def copy_types(table: AvroTable) -> list[str]:
     return [_WIRE.get(c.pg_type, c.pg_type) for c in table.columns]
 
 
+Decoder = Callable[[bytes], tuple[Any, ...]]
+
+
 class Undecodable(Exception):
     def __init__(self, kind: str, reason: str) -> None:
         super().__init__(reason)
@@ -85,6 +89,8 @@ class WriterSchema:
     reader: Any = None
     # Whether ``reader`` gives timestamps as int milliseconds (else as datetimes).
     plain: bool = False
+    # decoder_for's functions, made once per table.
+    decoders: dict[str, Decoder] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def record_name(self) -> str:
@@ -113,42 +119,62 @@ def schema_id_of(value: bytes) -> int:
             f"not a Confluent-framed value ({len(value)} bytes, first byte {first}; "
             "expected 0x00 and a 4-byte schema id)",
         )
-    return int(struct.unpack_from(">I", value, 1)[0])
+    return int(_SCHEMA_ID(value, 1)[0])
 
 
 def decode(table: AvroTable, value: bytes, writer: WriterSchema) -> tuple[Any, ...]:
     """The value columns (after the key and schema id) of one framed value, as COPY
     sends them (``copy_types``)."""
-    buf = io.BytesIO(value)
-    buf.seek(FRAME)
-    try:
-        # Record names only where a union of records needs them (10% of the read's time).
-        record = schemaless_reader(buf, writer.reader, None, return_record_name=table.record_union)
-    except Exception as exc:  # fastavro raises EOFError, IndexError, ValueError, ...
-        raise Undecodable(
-            DOES_NOT_FIT,
-            f"schema {writer.schema_id} ({writer.source}) does not read the value: "
-            f"{type(exc).__name__}: {exc}",
-        ) from None
-    left = len(value) - buf.tell()
-    if left:
-        raise Undecodable(
-            DOES_NOT_FIT,
-            f"schema {writer.schema_id} ({writer.source}) reads the value with {left} "
-            "byte(s) left over: it was written with another schema",
-        )
-    try:
-        if not isinstance(record, dict):
-            raise TypeError(f"expected a record, got {type(record).__name__}")
-        return _FLATTEN[table.raw_table](table, record, _millis if writer.plain else _instant)
-    except Undecodable:
-        raise
-    except Exception as exc:  # a field of an unexpected type or shape
-        raise Undecodable(
-            DOES_NOT_FIT,
-            f"schema {writer.schema_id} ({writer.source}) does not have the fields of "
-            f"{table.record_name}: {type(exc).__name__}: {exc}",
-        ) from None
+    return decoder_for(table, writer)(value)
+
+
+def decoder_for(table: AvroTable, writer: WriterSchema) -> Decoder:
+    """``decode`` for one table and writer schema, with what they decide looked up once
+    (the decode pass calls it for every row)."""
+    made = writer.decoders.get(table.raw_table)
+    if made is None:
+        made = writer.decoders[table.raw_table] = _make_decoder(table, writer)
+    return made
+
+
+def _make_decoder(table: AvroTable, writer: WriterSchema) -> Decoder:
+    schema = writer.reader
+    # Record names only where a union of records needs them (10% of the read's time).
+    union = table.record_union
+    flatten = _FLATTENERS[table.raw_table](table, _millis if writer.plain else _instant)
+
+    def decode_one(value: bytes) -> tuple[Any, ...]:
+        buf = io.BytesIO(value)
+        buf.seek(FRAME)
+        try:
+            record = schemaless_reader(buf, schema, None, union)
+        except Exception as exc:  # fastavro raises EOFError, IndexError, ValueError, ...
+            raise Undecodable(
+                DOES_NOT_FIT,
+                f"schema {writer.schema_id} ({writer.source}) does not read the value: "
+                f"{type(exc).__name__}: {exc}",
+            ) from None
+        left = len(value) - buf.tell()
+        if left:
+            raise Undecodable(
+                DOES_NOT_FIT,
+                f"schema {writer.schema_id} ({writer.source}) reads the value with {left} "
+                "byte(s) left over: it was written with another schema",
+            )
+        try:
+            if type(record) is not dict:
+                raise TypeError(f"expected a record, got {type(record).__name__}")
+            return flatten(record)
+        except Undecodable:
+            raise
+        except Exception as exc:  # a field of an unexpected type or shape
+            raise Undecodable(
+                DOES_NOT_FIT,
+                f"schema {writer.schema_id} ({writer.source}) does not have the fields of "
+                f"{table.record_name}: {type(exc).__name__}: {exc}",
+            ) from None
+
+    return decode_one
 
 
 def as_python(table: AvroTable, row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -198,72 +224,87 @@ def _instant(value: Any) -> int:
     return (value - _PG_EPOCH) // _MICROSECOND
 
 
-def _enum(table: AvroTable, enum_name: str, symbol: Any) -> str:
-    if symbol not in table.enums[enum_name]:
-        raise Undecodable(
-            UNKNOWN_ENUM_SYMBOL,
-            f"enum symbol {symbol!r} is not one of {enum_name.rsplit('.', 1)[-1]} "
-            f"({', '.join(table.enums[enum_name])})",
-        )
-    return str(symbol)
+def _unknown_symbol(table: AvroTable, enum_name: str, symbol: Any) -> Undecodable:
+    return Undecodable(
+        UNKNOWN_ENUM_SYMBOL,
+        f"enum symbol {symbol!r} is not one of {enum_name.rsplit('.', 1)[-1]} "
+        f"({', '.join(table.enums[enum_name])})",
+    )
+
+
+def _not_a_boolean(value: Any) -> TypeError:
+    return TypeError(f"expected a boolean, got {type(value).__name__}")
 
 
 _LOESNING = "no.nav.paw.bekreftelse.melding.v1.vo.Bekreftelsesloesning"
 _BRUKER_TYPE = "no.nav.paw.bekreftelse.melding.v1.vo.BrukerType"
 _PAA_VEGNE_AV_LOESNING = "no.nav.paw.bekreftelse.paavegneav.v1.vo.Bekreftelsesloesning"
 
-
-def _bekreftelse(
-    table: AvroTable, r: dict[str, Any], instant: Callable[[Any], int]
-) -> tuple[Any, ...]:
-    svar = r["svar"]
-    sendt = svar["sendtInnAv"]
-    bruker = sendt["utfoertAv"]
-    return (
-        _uuid(r["periodeId"]),
-        _enum(table, _LOESNING, r["bekreftelsesloesning"]),
-        _uuid(r["id"]),
-        instant(sendt["tidspunkt"]),
-        _enum(table, _BRUKER_TYPE, bruker["type"]),
-        bruker["id"],
-        bruker.get("sikkerhetsnivaa"),
-        sendt["kilde"],
-        sendt["aarsak"],
-        instant(svar["gjelderFra"]),
-        instant(svar["gjelderTil"]),
-        _bool(svar["harJobbetIDennePerioden"]),
-        _bool(svar["vilFortsetteSomArbeidssoeker"]),
-    )
+Flatten = Callable[[dict[str, Any]], tuple[Any, ...]]
 
 
-def _paa_vegne_av(
-    table: AvroTable, r: dict[str, Any], instant: Callable[[Any], int]
-) -> tuple[Any, ...]:
-    branch, fields = r["handling"]  # (record full name, fields): return_record_name
-    handling = str(branch).rsplit(".", 1)[-1]
-    if handling == "Start":
-        interval, grace, brutt = fields["intervalMS"], fields["graceMS"], None
-    elif handling == "Stopp":
-        interval, grace, brutt = None, None, fields.get("fristBrutt")
-    else:
-        raise Undecodable(DOES_NOT_FIT, f"handling is {branch!r}, neither Start nor Stopp")
-    return (
-        _uuid(r["periodeId"]),
-        _enum(table, _PAA_VEGNE_AV_LOESNING, r["bekreftelsesloesning"]),
-        handling,
-        interval,
-        grace,
-        brutt,
-    )
+def _bekreftelse(table: AvroTable, instant: Callable[[Any], int]) -> Flatten:
+    enums = table.enums  # looked up per value: a release may know more symbols
+
+    def flatten(r: dict[str, Any]) -> tuple[Any, ...]:
+        svar = r["svar"]
+        sendt = svar["sendtInnAv"]
+        bruker = sendt["utfoertAv"]
+        periode_id = _uuid(r["periodeId"])
+        if (loesning := r["bekreftelsesloesning"]) not in enums[_LOESNING]:
+            raise _unknown_symbol(table, _LOESNING, loesning)
+        bekreftelse_id = _uuid(r["id"])
+        tidspunkt = instant(sendt["tidspunkt"])
+        if (bruker_type := bruker["type"]) not in enums[_BRUKER_TYPE]:
+            raise _unknown_symbol(table, _BRUKER_TYPE, bruker_type)
+        row = (
+            periode_id,
+            loesning,
+            bekreftelse_id,
+            tidspunkt,
+            bruker_type,
+            bruker["id"],
+            bruker.get("sikkerhetsnivaa"),
+            sendt["kilde"],
+            sendt["aarsak"],
+            instant(svar["gjelderFra"]),
+            instant(svar["gjelderTil"]),
+            svar["harJobbetIDennePerioden"],
+            svar["vilFortsetteSomArbeidssoeker"],
+        )
+        if type(row[11]) is not bool:
+            raise _not_a_boolean(row[11])
+        if type(row[12]) is not bool:
+            raise _not_a_boolean(row[12])
+        return row
+
+    return flatten
 
 
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"expected a boolean, got {type(value).__name__}")
-    return value
+def _paa_vegne_av(table: AvroTable, instant: Callable[[Any], int]) -> Flatten:
+    enums = table.enums  # looked up per value: a release may know more symbols
+    branches: dict[Any, str] = {}  # record full name -> short name
+
+    def flatten(r: dict[str, Any]) -> tuple[Any, ...]:
+        branch, fields = r["handling"]  # (record full name, fields): return_record_name
+        handling = branches.get(branch)
+        if handling is None:
+            handling = branches[branch] = str(branch).rsplit(".", 1)[-1]
+        if handling == "Start":
+            interval, grace, brutt = fields["intervalMS"], fields["graceMS"], None
+        elif handling == "Stopp":
+            interval, grace, brutt = None, None, fields.get("fristBrutt")
+        else:
+            raise Undecodable(DOES_NOT_FIT, f"handling is {branch!r}, neither Start nor Stopp")
+        periode_id = _uuid(r["periodeId"])
+        if (loesning := r["bekreftelsesloesning"]) not in enums[_PAA_VEGNE_AV_LOESNING]:
+            raise _unknown_symbol(table, _PAA_VEGNE_AV_LOESNING, loesning)
+        return (periode_id, loesning, handling, interval, grace, brutt)
+
+    return flatten
 
 
-_FLATTEN = {BEKREFTELSER.raw_table: _bekreftelse, PAA_VEGNE_AV.raw_table: _paa_vegne_av}
+_FLATTENERS = {BEKREFTELSER.raw_table: _bekreftelse, PAA_VEGNE_AV.raw_table: _paa_vegne_av}
 
 
 def _fits_plain_read(schema: Any) -> bool:

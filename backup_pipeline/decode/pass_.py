@@ -15,6 +15,7 @@ open one (after a new vendored schema, ``backup-pipeline decode --retry-undecoda
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +35,7 @@ from backup_pipeline.decode.decoder import (
     Undecodable,
     as_python,
     copy_types,
+    decoder_for,
     schema_id_of,
 )
 from backup_pipeline.decode.resolver import Executes, Resolver
@@ -211,20 +213,22 @@ def _decode_batch(
 ) -> None:
     version, partition, raw_table = batch.version, batch.partition, table.raw_table
     rows, failed, by_kind, seen = batch.rows, batch.failed, batch.by_kind, report.schema_ids
+    known = resolver.known
     for offset, value in batch.raw:
         schema_id: int | None = None
         try:
             schema_id = schema_id_of(value)
             seen.add(schema_id)
-            rows.append(
-                (
-                    version,
-                    partition,
-                    offset,
-                    schema_id,
-                    *resolver.decode(conn, table, schema_id, value),
-                )
-            )
+            writer = known.get(schema_id)
+            columns = None
+            if writer is not None:
+                with contextlib.suppress(Undecodable):
+                    columns = decoder_for(table, writer)(value)
+            if columns is None:
+                # A new id, or one whose kept schema does not read the value: the resolver
+                # resolves, re-attributes or says why not.
+                columns = resolver.decode(conn, table, schema_id, value)
+            rows.append((version, partition, offset, schema_id, *columns))
         except Undecodable as exc:
             failed.append((raw_table, version, partition, offset, schema_id, exc.kind, exc.reason))
             by_kind[exc.kind] = by_kind.get(exc.kind, 0) + 1
