@@ -183,6 +183,11 @@ class Settings(BaseModel):
     decode_batch_size: int = Field(
         default=5_000, ge=1, le=1_000_000, validation_alias="BACKUP_DECODE_BATCH_SIZE"
     )
+    # Connections the decode pass writes batches on, besides the one it reads with
+    # (1: it writes on its reading connection).
+    decode_writer_connections: int = Field(
+        default=2, ge=1, le=8, validation_alias="BACKUP_DECODE_WRITER_CONNECTIONS"
+    )
 
     topic_names: dict[str, str] = Field(default_factory=dict, exclude=True)
 

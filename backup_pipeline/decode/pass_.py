@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,15 +77,19 @@ def decode_pass(
     batch_size: int = 5000,
     retry_all: bool = False,
     max_rows: int | None = None,
+    writers: Sequence[psycopg.Connection[Any]] = (),
 ) -> DecodeReport:
     """Decode everything after the watermarks (up to ``max_rows`` raw rows) and retry the
-    undecodable rows that may decode now. ``conn`` must not be in autocommit mode."""
+    undecodable rows that may decode now. ``conn`` must not be in autocommit mode.
+
+    Batches are written on ``writers`` (connections of their own, several batches at
+    once) when given, else on ``conn`` between its reads."""
     report = DecodeReport(table.raw_table)
     resolver.load(conn)
     conn.commit()
     retry_undecodable(conn, table, resolver, report, retry_all=retry_all, batch_size=batch_size)
     partitions = versions_and_partitions(conn, topic)
-    with _Writer(conn, table) as writer:
+    with _Writer(list(writers) or [conn], table, shared=not writers) as writer:
         # Another decoder moved a watermark under us: its batch stands, ours was rolled
         # back; start again from the watermarks as they are now.
         while not _decode_batches(
@@ -122,41 +128,53 @@ def _decode_batches(
     """Read, decode and write batch after batch; False if another decoder moved a
     watermark meanwhile (then nothing of this call after that batch was committed).
 
-    Batch k+1 is decoded (this thread) while batch k is written (writer thread), so
-    PostgreSQL stores one batch while Python decodes the next. Only the writer's
-    transaction moves a watermark, and only from the offset its rows were read after
-    (compare-and-set under the row lock), so rows read outside that transaction are
-    never written twice, by this decoder or another."""
+    Batch k+1 is decoded (this thread) while batch k is written (writer threads), so
+    PostgreSQL stores batches while Python decodes the next. Only a writer's transaction
+    moves a watermark, and only from the offset its rows were read after (compare-and-set
+    under the row lock), so rows read outside that transaction are never written twice,
+    by this decoder or another. Partitions take turns, so that with several writers the
+    batches in flight are of different partitions and do not queue on one watermark."""
     marks = _watermarks(conn, table, partitions)
     pending = list(partitions)
+    turn = 0
     read = report.raw_rows
 
     def next_batch() -> _Batch | None:
-        nonlocal read
+        nonlocal read, turn
         while pending:
             limit = batch_size if max_rows is None else min(batch_size, max_rows - read)
             if limit <= 0:
                 return None
-            version, partition = pending[0]
+            turn %= len(pending)
+            version, partition = pending[turn]
             after = marks[(version, partition)]
             raw = _read_raw(conn, table, version, partition, after, limit)
             if raw:
                 marks[(version, partition)] = raw[-1][0]
                 read += len(raw)
+                turn += 1
                 return _Batch(version, partition, after, raw)
-            pending.pop(0)
+            pending.pop(turn)
         return None
 
     batch = next_batch()
     while batch is not None:
-        # The resolver may keep a schema: on the connection, once the last write is done,
-        # in the transaction that then writes this batch.
-        _decode_batch(_AfterWrite(conn, writer), table, resolver, batch, report)
-        batch.stream = writer.encode(batch.rows)
-        if not writer.settle(report):
+        if writer.shared:
+            # The resolver may keep a schema: on the connection, once the writes are done,
+            # in the transaction that then writes this batch.
+            _decode_batch(_AfterWrite(conn, writer), table, resolver, batch, report)
+            batch.stream = writer.encode(batch.rows)
+            if not writer.settle(report):
+                return False
+            following = next_batch()  # on the connection before the writer takes it
+        else:
+            _decode_batch(conn, table, resolver, batch, report)
+            batch.stream = writer.encode(batch.rows)
+            following = next_batch()
+            conn.commit()  # a schema the resolver kept, before any row that uses it
+        if not writer.submit(batch, report):
+            writer.settle(report)
             return False
-        following = next_batch()  # on the connection before the writer takes it
-        writer.submit(batch)
         batch = following
     if not writer.settle(report):
         return False
@@ -248,17 +266,22 @@ class _AfterWrite:
 
 
 class _Writer:
-    """Writes batches on the pass's connection in a thread of its own, one at a time.
+    """Writes batches in threads of their own, one connection each, one batch per
+    connection at a time, settled in the order they were handed over.
 
     A batch's transaction moves its partition's watermark from the offset the rows were
     read after (or finds another decoder moved it: then it rolls back and says so),
     COPYs the rows, lists the undecodable ones and commits. Rows are encoded into the
-    COPY stream on the decoding thread (``encode``), so this thread holds the GIL only to
-    hand bytes to libpq and waits for PostgreSQL without it.
+    COPY stream on the decoding thread (``encode``), so the writer threads hold the GIL
+    only to hand bytes to libpq and wait for PostgreSQL without it. ``shared``: the one
+    connection is also the pass's reading connection.
     """
 
-    def __init__(self, conn: psycopg.Connection[Any], table: AvroTable) -> None:
-        self._conn = conn
+    def __init__(
+        self, connections: list[psycopg.Connection[Any]], table: AvroTable, *, shared: bool
+    ) -> None:
+        self.shared = shared
+        self._connections = connections
         self._table = table
         self._copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
             sql.Identifier(table.decoded_table),
@@ -266,20 +289,25 @@ class _Writer:
         )
         self._types = copy_types(table)
         # The encoder's cursor never sends anything; its dumpers are made now, on this
-        # thread, before the writer thread uses the connection.
-        self._encoder = conn.cursor()
+        # thread, before a writer thread uses the connection.
+        self._encoder = connections[0].cursor()
         # By type OID psycopg dumps bytea (the uuid columns) with its DB-API ``Binary``
         # dumper, in Python; the compiled BytesBinaryDumper does the same in C.
         self._encoder.adapters.register_dumper(None, BytesBinaryDumper)
         self.encode([])
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-writer")
-        self._in_flight: tuple[Future[bool], _Batch] | None = None
+        self._pools = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"decode-writer-{i}")
+            for i in range(len(connections))
+        ]
+        self._in_flight: deque[tuple[Future[bool], _Batch]] = deque()
+        self._submitted = 0
 
     def __enter__(self) -> _Writer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._pool.shutdown(wait=True)
+        for pool in self._pools:
+            pool.shutdown(wait=True)
 
     def encode(self, rows: list[tuple[Any, ...]]) -> memoryview:
         buffer = io.BytesIO()
@@ -289,21 +317,33 @@ class _Writer:
                 copy.write_row(row)
         return buffer.getbuffer()
 
-    def submit(self, batch: _Batch) -> None:
-        assert self._in_flight is None
-        self._in_flight = (self._pool.submit(self._write, batch), batch)
+    def submit(self, batch: _Batch, report: DecodeReport) -> bool:
+        """Hand the batch to the next connection once its last batch is settled; False
+        (and the batch not handed over) if a batch settled meanwhile was refused."""
+        while len(self._in_flight) >= len(self._connections):
+            if not self._settle_oldest(report):
+                return False
+        # Round robin with settling in order: the oldest batch was on this connection.
+        lane = self._submitted % len(self._connections)
+        self._submitted += 1
+        conn = self._connections[lane]
+        self._in_flight.append((self._pools[lane].submit(self._write, conn, batch), batch))
+        return True
 
     def wait(self) -> None:
-        if self._in_flight is not None:
-            self._in_flight[0].exception()
+        for future, _ in self._in_flight:
+            future.exception()
 
     def settle(self, report: DecodeReport) -> bool:
-        """Wait for the batch in flight; count it if it committed. False if another
-        decoder had moved its watermark (nothing of it was written)."""
-        if self._in_flight is None:
-            return True
-        future, batch = self._in_flight
-        self._in_flight = None
+        """Wait for every batch in flight and count those that committed; False if
+        another decoder had moved the watermark of one (nothing of that one was written)."""
+        ok = True
+        while self._in_flight:
+            ok = self._settle_oldest(report) and ok
+        return ok
+
+    def _settle_oldest(self, report: DecodeReport) -> bool:
+        future, batch = self._in_flight.popleft()
         if not future.result():  # raises what the write raised
             return False
         report.decoded += len(batch.rows)
@@ -314,25 +354,37 @@ class _Writer:
             report.by_kind[kind] = report.by_kind.get(kind, 0) + n
         return True
 
-    def _write(self, batch: _Batch) -> bool:
-        conn = self._conn
-        moved = conn.execute(
-            "UPDATE backup_decode_hwm SET kafka_offset = %s WHERE table_name = %s "
-            "AND version = %s AND kafka_partition = %s AND kafka_offset = %s",
-            (batch.raw[-1][0], self._table.raw_table, batch.version, batch.partition, batch.after),
-        )
-        if moved.rowcount != 1:
-            conn.rollback()
-            return False
-        if batch.rows:
-            assert batch.stream is not None
-            with conn.cursor().copy(self._copy) as copy:
-                copy.write(batch.stream)
-        failpoints.hit("decode_after_copy")
-        if batch.failed:
-            _list_undecodable(conn, batch.failed)
-        failpoints.hit("decode_before_commit")
-        conn.commit()
+    def _write(self, conn: psycopg.Connection[Any], batch: _Batch) -> bool:
+        try:
+            moved = conn.execute(
+                "UPDATE backup_decode_hwm SET kafka_offset = %s WHERE table_name = %s "
+                "AND version = %s AND kafka_partition = %s AND kafka_offset = %s",
+                (
+                    batch.raw[-1][0],
+                    self._table.raw_table,
+                    batch.version,
+                    batch.partition,
+                    batch.after,
+                ),
+            )
+            if moved.rowcount != 1:
+                conn.rollback()
+                return False
+            if batch.rows:
+                assert batch.stream is not None
+                with conn.cursor().copy(self._copy) as copy:
+                    copy.write(batch.stream)
+            failpoints.hit("decode_after_copy")
+            if batch.failed:
+                _list_undecodable(conn, batch.failed)
+            failpoints.hit("decode_before_commit")
+            conn.commit()
+        except BaseException:
+            # Release the watermark's row lock now: a batch of the same partition on
+            # another connection waits for it.
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+            raise
         return True
 
 
