@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import random
 import threading
+from contextlib import ExitStack
 from typing import Any
 
 import psycopg
+import pytest
 
 from backup_pipeline.decode import pass_
 from backup_pipeline.decode.catalog import BEKREFTELSER
@@ -71,7 +73,10 @@ def test_a_batch_read_before_another_decoder_moved_the_watermark_is_read_again(
     ).fetchone() == (87,)
 
 
-def test_two_decoders_racing_over_a_backlog_decode_every_row_exactly_once(db, database_url):
+@pytest.mark.parametrize("writers", [0, 2], ids=["on-its-connection", "two-writers"])
+def test_two_decoders_racing_over_a_backlog_decode_every_row_exactly_once(
+    db, database_url, writers
+):
     rng = random.Random(22)
     for partition in (0, 1, 2):
         store_raw(db, [avro_value(rng, "bekreftelser") for _ in range(400)], partition)
@@ -88,9 +93,13 @@ def test_two_decoders_racing_over_a_backlog_decode_every_row_exactly_once(db, da
 
     def decoder() -> None:
         try:
-            with psycopg.connect(database_url) as conn:
+            with ExitStack() as stack:
+                conn = stack.enter_context(psycopg.connect(database_url))
+                own = [stack.enter_context(psycopg.connect(database_url)) for _ in range(writers)]
                 start.wait(timeout=bounded(30))
-                reports.append(decode_pass(conn, BEKREFTELSER, TOPIC, Resolver(), batch_size=9))
+                reports.append(
+                    decode_pass(conn, BEKREFTELSER, TOPIC, Resolver(), batch_size=9, writers=own)
+                )
         except BaseException as exc:  # handed to the test thread
             errors.append(exc)
 

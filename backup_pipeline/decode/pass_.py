@@ -19,7 +19,7 @@ import contextlib
 import io
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,24 +158,32 @@ def _decode_batches(
         return None
 
     batch = next_batch()
-    while batch is not None:
-        if writer.shared:
+    if writer.shared:
+        while batch is not None:
             # The resolver may keep a schema: on the connection, once the writes are done,
             # in the transaction that then writes this batch.
-            _decode_batch(_AfterWrite(conn, writer), table, resolver, batch, report)
+            _decode_batch(_After(conn, writer.wait), table, resolver, batch, report)
             batch.stream = writer.encode(batch.rows)
             if not writer.settle(report):
                 return False
             following = next_batch()  # on the connection before the writer takes it
-        else:
-            _decode_batch(conn, table, resolver, batch, report)
-            batch.stream = writer.encode(batch.rows)
-            following = next_batch()
-            conn.commit()  # a schema the resolver kept, before any row that uses it
-        if not writer.submit(batch, report):
-            writer.settle(report)
-            return False
-        batch = following
+            if not writer.submit(batch, report):
+                return False
+            batch = following
+    else:
+        # The next batch is read (a thread of its own, on the reading connection) while
+        # this one is decoded.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-reader") as reader:
+            while batch is not None:
+                ahead = reader.submit(next_batch)
+                _decode_batch(_After(conn, ahead.exception), table, resolver, batch, report)
+                batch.stream = writer.encode(batch.rows)
+                following = ahead.result()
+                conn.commit()  # a schema the resolver kept, before any row that uses it
+                if not writer.submit(batch, report):
+                    writer.settle(report)
+                    return False
+                batch = following
     if not writer.settle(report):
         return False
     conn.commit()
@@ -252,16 +260,16 @@ def _decode_batch(
             by_kind[exc.kind] = by_kind.get(exc.kind, 0) + 1
 
 
-class _AfterWrite:
-    """The connection for the resolver (rarely: a new schema id), once the writer thread
-    is done with it."""
+class _After:
+    """The reading connection for the resolver (rarely: a new schema id), once what else
+    uses it (a write, a read ahead) is done."""
 
-    def __init__(self, conn: psycopg.Connection[Any], writer: _Writer) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], done: Callable[[], object]) -> None:
         self._conn = conn
-        self._writer = writer
+        self._done = done
 
     def execute(self, query: str, params: Params | None = None) -> psycopg.Cursor[Any]:
-        self._writer.wait()
+        self._done()
         return self._conn.execute(query, params)
 
 
@@ -331,6 +339,7 @@ class _Writer:
         return True
 
     def wait(self) -> None:
+        """Until no batch is being written."""
         for future, _ in self._in_flight:
             future.exception()
 
