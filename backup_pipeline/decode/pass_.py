@@ -34,6 +34,7 @@ from backup_pipeline import failpoints
 from backup_pipeline.decode.catalog import AvroTable
 from backup_pipeline.decode.decoder import (
     WAITING_FOR_SCHEMA,
+    Decoder,
     Undecodable,
     as_python,
     copy_types,
@@ -239,20 +240,27 @@ def _decode_batch(
 ) -> None:
     version, partition, raw_table = batch.version, batch.partition, table.raw_table
     rows, failed, by_kind, seen = batch.rows, batch.failed, batch.by_kind, report.schema_ids
-    known = resolver.known
+    # Per schema id of the batch, its decoding function while the resolver's schema
+    # for the id stays the one it was made for.
+    decoders: dict[int, Decoder] = {}
     for offset, value in batch.raw:
         schema_id: int | None = None
         try:
             schema_id = schema_id_of(value)
-            seen.add(schema_id)
-            writer = known.get(schema_id)
-            columns = None
-            if writer is not None:
-                with contextlib.suppress(Undecodable):
-                    columns = decoder_for(table, writer)(value)
+            decode_one = decoders.get(schema_id)
+            if decode_one is None:
+                seen.add(schema_id)
+                writer = resolver.known.get(schema_id)
+                if writer is not None:
+                    decode_one = decoders[schema_id] = decoder_for(table, writer)
+            try:
+                columns = decode_one(value) if decode_one is not None else None
+            except Undecodable:
+                columns = None
             if columns is None:
                 # A new id, or one whose kept schema does not read the value: the resolver
                 # resolves, re-attributes or says why not.
+                decoders.pop(schema_id, None)
                 columns = resolver.decode(conn, table, schema_id, value)
             rows.append((version, partition, offset, schema_id, *columns))
         except Undecodable as exc:
