@@ -193,6 +193,11 @@ class Settings(BaseModel):
     decode_batch_size: int = Field(
         default=5_000, ge=1, le=1_000_000, validation_alias="BACKUP_DECODE_BATCH_SIZE"
     )
+    # Connections the decode pass writes batches on, besides the one it reads with
+    # (1: it writes on its reading connection).
+    decode_writer_connections: int = Field(
+        default=2, ge=1, le=8, validation_alias="BACKUP_DECODE_WRITER_CONNECTIONS"
+    )
 
     # `backup-pipeline metrics` (metrics/): where it listens, and the longest one scrape may
     # take in all (PostgreSQL, then Kafka with what is left): a scrape that runs out reports

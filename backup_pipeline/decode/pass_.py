@@ -1,11 +1,12 @@
 """The decode pass: raw Avro rows past the decode watermark -> typed rows, incrementally.
 
-Per (table, version, partition) and batch, one transaction: lock the watermark row, read
-the raw rows after it, write their decoded rows (COPY) and list the undecodable ones, move
-the watermark to the last raw offset read, commit. A crash anywhere rolls the whole batch
-back, so the next pass starts from the same watermark: nothing lost, nothing twice. Two
-decoders on the same partition queue on the watermark row lock (the second then reads the
-first's new watermark), so they cannot write a row twice either.
+Per (table, version, partition) and batch, one transaction: move the watermark row from
+the offset the batch's raw rows were read after to the last of them (compare-and-set: it
+takes the row lock and fails if another decoder moved it first), write their decoded rows
+(COPY) and list the undecodable ones, commit. A crash anywhere rolls the whole batch back,
+so the next pass starts from the same watermark: nothing lost, nothing twice. Two decoders
+on the same partition queue on the watermark row lock; the second finds it moved, rolls
+back and reads again from the first's new watermark, so they cannot write a row twice.
 
 Before the new rows, the pass retries the undecodable rows waiting for a schema whose id
 has become known (or can be resolved now: registry back); ``retry_all`` retries every
@@ -14,21 +15,33 @@ open one (after a new vendored schema, ``backup-pipeline decode --retry-undecoda
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import Params
+from psycopg.copy import FileWriter
+from psycopg.types.string import BytesBinaryDumper
 
 from backup_pipeline import failpoints
 from backup_pipeline.decode.catalog import AvroTable
 from backup_pipeline.decode.decoder import (
     WAITING_FOR_SCHEMA,
+    Decoder,
     Undecodable,
+    as_python,
+    copy_types,
+    decoder_for,
     schema_id_of,
 )
-from backup_pipeline.decode.resolver import Resolver
+from backup_pipeline.decode.resolver import Executes, Resolver
 
 log = logging.getLogger(__name__)
 
@@ -65,99 +78,331 @@ def decode_pass(
     batch_size: int = 5000,
     retry_all: bool = False,
     max_rows: int | None = None,
+    writers: Sequence[psycopg.Connection[Any]] = (),
 ) -> DecodeReport:
     """Decode everything after the watermarks (up to ``max_rows`` raw rows) and retry the
-    undecodable rows that may decode now. ``conn`` must not be in autocommit mode."""
+    undecodable rows that may decode now. ``conn`` must not be in autocommit mode.
+
+    Batches are written on ``writers`` (connections of their own, several batches at
+    once) when given, else on ``conn`` between its reads."""
     report = DecodeReport(table.raw_table)
     resolver.load(conn)
     conn.commit()
     retry_undecodable(conn, table, resolver, report, retry_all=retry_all, batch_size=batch_size)
-    for version, partition in versions_and_partitions(conn, topic):
-        while max_rows is None or report.raw_rows < max_rows:
-            limit = batch_size if max_rows is None else min(batch_size, max_rows - report.raw_rows)
-            if not _batch(conn, table, resolver, version, partition, limit, report):
-                break
+    partitions = versions_and_partitions(conn, topic)
+    with _Writer(list(writers) or [conn], table, shared=not writers) as writer:
+        # Another decoder moved a watermark under us: its batch stands, ours was rolled
+        # back; start again from the watermarks as they are now.
+        while not _decode_batches(
+            conn, writer, table, resolver, partitions, batch_size, max_rows, report
+        ):
+            conn.rollback()
+            resolver.load(conn)  # forgets ids kept by the rolled-back batches
+            conn.commit()
     return report
 
 
-def _batch(
+@dataclass
+class _Batch:
+    """Raw rows read after a partition's watermark, and what they decoded to."""
+
+    version: int
+    partition: int
+    after: int  # the watermark they were read after: moved only if it still holds
+    raw: list[tuple[int, bytes]]
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    failed: list[tuple[Any, ...]] = field(default_factory=list)
+    by_kind: dict[str, int] = field(default_factory=dict)
+    stream: memoryview | None = None  # the rows as one binary COPY stream
+
+
+def _decode_batches(
     conn: psycopg.Connection[Any],
+    writer: _Writer,
     table: AvroTable,
     resolver: Resolver,
-    version: int,
-    partition: int,
-    limit: int,
+    partitions: list[tuple[int, int]],
+    batch_size: int,
+    max_rows: int | None,
     report: DecodeReport,
 ) -> bool:
-    """One transaction; False when the partition had nothing after its watermark."""
-    key = (table.raw_table, version, partition)
-    conn.execute(
-        "INSERT INTO backup_decode_hwm (table_name, version, kafka_partition, kafka_offset) "
-        "VALUES (%s, %s, %s, -1) ON CONFLICT DO NOTHING",
-        key,
-    )
-    row = conn.execute(
-        "SELECT kafka_offset FROM backup_decode_hwm "
-        "WHERE table_name = %s AND version = %s AND kafka_partition = %s FOR UPDATE",
-        key,
-    ).fetchone()
-    assert row is not None
-    watermark = int(row[0])
+    """Read, decode and write batch after batch; False if another decoder moved a
+    watermark meanwhile (then nothing of this call after that batch was committed).
+
+    Batch k+1 is decoded (this thread) while batch k is written (writer threads), so
+    PostgreSQL stores batches while Python decodes the next. Only a writer's transaction
+    moves a watermark, and only from the offset its rows were read after (compare-and-set
+    under the row lock), so rows read outside that transaction are never written twice,
+    by this decoder or another. Partitions take turns, so that with several writers the
+    batches in flight are of different partitions and do not queue on one watermark."""
+    marks = _watermarks(conn, table, partitions)
+    pending = list(partitions)
+    turn = 0
+    read = report.raw_rows
+
+    def next_batch() -> _Batch | None:
+        nonlocal read, turn
+        while pending:
+            limit = batch_size if max_rows is None else min(batch_size, max_rows - read)
+            if limit <= 0:
+                return None
+            turn %= len(pending)
+            version, partition = pending[turn]
+            after = marks[(version, partition)]
+            raw = _read_raw(conn, table, version, partition, after, limit)
+            if raw:
+                marks[(version, partition)] = raw[-1][0]
+                read += len(raw)
+                turn += 1
+                return _Batch(version, partition, after, raw)
+            pending.pop(turn)
+        return None
+
+    batch = next_batch()
+    if writer.shared:
+        while batch is not None:
+            # The resolver may keep a schema: on the connection, once the writes are done,
+            # in the transaction that then writes this batch.
+            _decode_batch(_After(conn, writer.wait), table, resolver, batch, report)
+            batch.stream = writer.encode(batch.rows)
+            if not writer.settle(report):
+                return False
+            following = next_batch()  # on the connection before the writer takes it
+            if not writer.submit(batch, report):
+                return False
+            batch = following
+    else:
+        # The next batch is read (a thread of its own, on the reading connection) while
+        # this one is decoded.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-reader") as reader:
+            while batch is not None:
+                ahead = reader.submit(next_batch)
+                _decode_batch(_After(conn, ahead.exception), table, resolver, batch, report)
+                batch.stream = writer.encode(batch.rows)
+                following = ahead.result()
+                conn.commit()  # a schema the resolver kept, before any row that uses it
+                if not writer.submit(batch, report):
+                    writer.settle(report)
+                    return False
+                batch = following
+    if not writer.settle(report):
+        return False
+    conn.commit()
+    return True
+
+
+def _watermarks(
+    conn: psycopg.Connection[Any], table: AvroTable, partitions: list[tuple[int, int]]
+) -> dict[tuple[int, int], int]:
+    marks = {}
+    for version, partition in partitions:
+        key = (table.raw_table, version, partition)
+        conn.execute(
+            "INSERT INTO backup_decode_hwm (table_name, version, kafka_partition, kafka_offset) "
+            "VALUES (%s, %s, %s, -1) ON CONFLICT DO NOTHING",
+            key,
+        )
+        row = conn.execute(
+            "SELECT kafka_offset FROM backup_decode_hwm "
+            "WHERE table_name = %s AND version = %s AND kafka_partition = %s",
+            key,
+        ).fetchone()
+        assert row is not None
+        marks[(version, partition)] = int(row[0])
+    conn.commit()
+    return marks
+
+
+def _read_raw(
+    conn: psycopg.Connection[Any],
+    table: AvroTable,
+    version: int,
+    partition: int,
+    after: int,
+    limit: int,
+) -> list[tuple[int, bytes]]:
     # Binary results: bytea arrives as bytes, without the hex text round trip.
-    raw = (
+    return (
         conn.cursor(binary=True)
         .execute(
             sql.SQL(
                 "SELECT kafka_offset, data FROM {} WHERE version = %s AND kafka_partition = %s "
                 "AND kafka_offset > %s ORDER BY kafka_offset LIMIT %s"
             ).format(sql.Identifier(table.raw_table)),
-            (version, partition, watermark, limit),
+            (version, partition, after, limit),
         )
         .fetchall()
     )
-    if not raw:
-        conn.commit()
-        return False
-    decoded: list[tuple[Any, ...]] = []
-    failed: list[tuple[Any, ...]] = []
-    for offset, value in raw:
+
+
+def _decode_batch(
+    conn: Executes, table: AvroTable, resolver: Resolver, batch: _Batch, report: DecodeReport
+) -> None:
+    version, partition, raw_table = batch.version, batch.partition, table.raw_table
+    rows, failed, by_kind, seen = batch.rows, batch.failed, batch.by_kind, report.schema_ids
+    # Per schema id of the batch, its decoding function while the resolver's schema
+    # for the id stays the one it was made for.
+    decoders: dict[int, Decoder] = {}
+    for offset, value in batch.raw:
         schema_id: int | None = None
         try:
             schema_id = schema_id_of(value)
-            report.schema_ids.add(schema_id)
-            columns = resolver.decode(conn, table, schema_id, value)
-            decoded.append((version, partition, offset, schema_id, *columns))
+            decode_one = decoders.get(schema_id)
+            if decode_one is None:
+                seen.add(schema_id)
+                writer = resolver.known.get(schema_id)
+                if writer is not None:
+                    decode_one = decoders[schema_id] = decoder_for(table, writer)
+            try:
+                columns = decode_one(value) if decode_one is not None else None
+            except Undecodable:
+                columns = None
+            if columns is None:
+                # A new id, or one whose kept schema does not read the value: the resolver
+                # resolves, re-attributes or says why not.
+                decoders.pop(schema_id, None)
+                columns = resolver.decode(conn, table, schema_id, value)
+            rows.append((version, partition, offset, schema_id, *columns))
         except Undecodable as exc:
-            failed.append(
-                (table.raw_table, version, partition, offset, schema_id, exc.kind, exc.reason)
+            failed.append((raw_table, version, partition, offset, schema_id, exc.kind, exc.reason))
+            by_kind[exc.kind] = by_kind.get(exc.kind, 0) + 1
+
+
+class _After:
+    """The reading connection for the resolver (rarely: a new schema id), once what else
+    uses it (a write, a read ahead) is done."""
+
+    def __init__(self, conn: psycopg.Connection[Any], done: Callable[[], object]) -> None:
+        self._conn = conn
+        self._done = done
+
+    def execute(self, query: str, params: Params | None = None) -> psycopg.Cursor[Any]:
+        self._done()
+        return self._conn.execute(query, params)
+
+
+class _Writer:
+    """Writes batches in threads of their own, one connection each, one batch per
+    connection at a time, settled in the order they were handed over.
+
+    A batch's transaction moves its partition's watermark from the offset the rows were
+    read after (or finds another decoder moved it: then it rolls back and says so),
+    COPYs the rows, lists the undecodable ones and commits. Rows are encoded into the
+    COPY stream on the decoding thread (``encode``), so the writer threads hold the GIL
+    only to hand bytes to libpq and wait for PostgreSQL without it. ``shared``: the one
+    connection is also the pass's reading connection.
+    """
+
+    def __init__(
+        self, connections: list[psycopg.Connection[Any]], table: AvroTable, *, shared: bool
+    ) -> None:
+        self.shared = shared
+        self._connections = connections
+        self._table = table
+        self._copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            sql.Identifier(table.decoded_table),
+            sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns),
+        )
+        self._types = copy_types(table)
+        # The encoder's cursor never sends anything; its dumpers are made now, on this
+        # thread, before a writer thread uses the connection.
+        self._encoder = connections[0].cursor()
+        # By type OID psycopg dumps bytea (the uuid columns) with its DB-API ``Binary``
+        # dumper, in Python; the compiled BytesBinaryDumper does the same in C.
+        self._encoder.adapters.register_dumper(None, BytesBinaryDumper)
+        self.encode([])
+        self._pools = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"decode-writer-{i}")
+            for i in range(len(connections))
+        ]
+        self._in_flight: deque[tuple[Future[bool], _Batch]] = deque()
+        self._submitted = 0
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for pool in self._pools:
+            pool.shutdown(wait=True)
+
+    def encode(self, rows: list[tuple[Any, ...]]) -> memoryview:
+        buffer = io.BytesIO()
+        with psycopg.Copy(self._encoder, binary=True, writer=FileWriter(buffer)) as copy:
+            copy.set_types(self._types)
+            for row in rows:
+                copy.write_row(row)
+        return buffer.getbuffer()
+
+    def submit(self, batch: _Batch, report: DecodeReport) -> bool:
+        """Hand the batch to the next connection once its last batch is settled; False
+        (and the batch not handed over) if a batch settled meanwhile was refused."""
+        while len(self._in_flight) >= len(self._connections):
+            if not self._settle_oldest(report):
+                return False
+        # Round robin with settling in order: the oldest batch was on this connection.
+        lane = self._submitted % len(self._connections)
+        self._submitted += 1
+        conn = self._connections[lane]
+        self._in_flight.append((self._pools[lane].submit(self._write, conn, batch), batch))
+        return True
+
+    def wait(self) -> None:
+        """Until no batch is being written."""
+        for future, _ in self._in_flight:
+            future.exception()
+
+    def settle(self, report: DecodeReport) -> bool:
+        """Wait for every batch in flight and count those that committed; False if
+        another decoder had moved the watermark of one (nothing of that one was written)."""
+        ok = True
+        while self._in_flight:
+            ok = self._settle_oldest(report) and ok
+        return ok
+
+    def _settle_oldest(self, report: DecodeReport) -> bool:
+        future, batch = self._in_flight.popleft()
+        if not future.result():  # raises what the write raised
+            return False
+        report.decoded += len(batch.rows)
+        report.undecodable += len(batch.failed)
+        report.raw_rows += len(batch.raw)
+        report.batches += 1
+        for kind, n in batch.by_kind.items():
+            report.by_kind[kind] = report.by_kind.get(kind, 0) + n
+        return True
+
+    def _write(self, conn: psycopg.Connection[Any], batch: _Batch) -> bool:
+        try:
+            moved = conn.execute(
+                "UPDATE backup_decode_hwm SET kafka_offset = %s WHERE table_name = %s "
+                "AND version = %s AND kafka_partition = %s AND kafka_offset = %s",
+                (
+                    batch.raw[-1][0],
+                    self._table.raw_table,
+                    batch.version,
+                    batch.partition,
+                    batch.after,
+                ),
             )
-            report.by_kind[exc.kind] = report.by_kind.get(exc.kind, 0) + 1
-    if decoded:
-        names = sql.SQL(", ").join(sql.Identifier(c.name) for c in table.columns)
-        # Binary COPY: about 3.5x the text format's rows/s for these columns (bench/decode.py).
-        with conn.cursor().copy(
-            sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-                sql.Identifier(table.decoded_table), names
-            )
-        ) as copy:
-            copy.set_types([c.pg_type for c in table.columns])
-            for values in decoded:
-                copy.write_row(values)
-    failpoints.hit("decode_after_copy")
-    if failed:
-        _list_undecodable(conn, failed)
-    conn.execute(
-        "UPDATE backup_decode_hwm SET kafka_offset = %s "
-        "WHERE table_name = %s AND version = %s AND kafka_partition = %s",
-        (raw[-1][0], *key),
-    )
-    failpoints.hit("decode_before_commit")
-    conn.commit()
-    report.decoded += len(decoded)
-    report.undecodable += len(failed)
-    report.raw_rows += len(raw)
-    report.batches += 1
-    return True
+            if moved.rowcount != 1:
+                conn.rollback()
+                return False
+            if batch.rows:
+                assert batch.stream is not None
+                with conn.cursor().copy(self._copy) as copy:
+                    copy.write(batch.stream)
+            failpoints.hit("decode_after_copy")
+            if batch.failed:
+                _list_undecodable(conn, batch.failed)
+            failpoints.hit("decode_before_commit")
+            conn.commit()
+        except BaseException:
+            # Release the watermark's row lock now: a batch of the same partition on
+            # another connection waits for it.
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+            raise
+        return True
 
 
 def _list_undecodable(conn: psycopg.Connection[Any], failed: list[tuple[Any, ...]]) -> None:
@@ -238,7 +483,7 @@ def retry_undecodable(
             try:
                 schema_id = schema_id_of(value)
                 columns = resolver.decode(conn, table, schema_id, value)
-                inserts.append((version, partition, offset, schema_id, *columns))
+                inserts.append((version, partition, offset, schema_id, *as_python(table, columns)))
                 done.append(row_id)
             except Undecodable as exc:
                 still.append(

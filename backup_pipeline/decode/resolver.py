@@ -22,10 +22,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 import requests
+from psycopg.abc import Params
 
 from backup_pipeline.decode.catalog import AvroTable
 from backup_pipeline.decode.decoder import (
@@ -44,6 +45,13 @@ log = logging.getLogger(__name__)
 
 FIRST_BACKOFF = 5.0
 MAX_BACKOFF = 300.0
+
+
+class Executes(Protocol):
+    """Where the resolver keeps a schema: the decode pass's connection, or a stand-in that
+    hands it over once the pass's writer thread is done with it."""
+
+    def execute(self, query: str, params: Params | None = None) -> psycopg.Cursor[Any]: ...
 
 
 class RegistryUnavailable(Exception):
@@ -129,7 +137,7 @@ class Resolver:
         }
 
     def resolve(
-        self, conn: psycopg.Connection[Any], table: AvroTable, schema_id: int, value: bytes
+        self, conn: Executes, table: AvroTable, schema_id: int, value: bytes
     ) -> WriterSchema:
         """The writer schema of ``schema_id``, kept in backup_schemas on ``conn`` (inside the
         caller's transaction), or Undecodable(SCHEMA_PENDING / UNKNOWN_SCHEMA)."""
@@ -156,7 +164,7 @@ class Resolver:
         )
 
     def decode(
-        self, conn: psycopg.Connection[Any], table: AvroTable, schema_id: int, value: bytes
+        self, conn: Executes, table: AvroTable, schema_id: int, value: bytes
     ) -> tuple[Any, ...]:
         """The value columns of ``value``, resolving its schema id first if needed."""
         writer = self.known.get(schema_id) or self.resolve(conn, table, schema_id, value)
@@ -222,7 +230,7 @@ class Resolver:
         self._retry_at.pop(schema_id, None)
         return writer
 
-    def _keep(self, conn: psycopg.Connection[Any], writer: WriterSchema) -> WriterSchema:
+    def _keep(self, conn: Executes, writer: WriterSchema) -> WriterSchema:
         row = conn.execute(
             """
             INSERT INTO backup_schemas (schema_id, schema_json, record_name, source)

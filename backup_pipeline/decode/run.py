@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing
+from contextlib import ExitStack, closing, contextmanager
+
+import psycopg
 
 from backup_pipeline import db
 from backup_pipeline.decode.catalog import AVRO_TABLES, AvroTable
@@ -18,6 +20,21 @@ def make_resolver(settings: Settings) -> Resolver:
     return Resolver(registry=RegistryClient.from_settings(settings))
 
 
+@contextmanager
+def _connections(
+    settings: Settings,
+) -> Iterator[tuple[psycopg.Connection, list[psycopg.Connection]]]:
+    """The pass's reading connection, and the ones it writes on (none: it writes on the
+    reading one)."""
+    with ExitStack() as stack:
+        conn = stack.enter_context(closing(db.connect(settings)))
+        n = settings.decode_writer_connections
+        writers = [
+            stack.enter_context(closing(db.connect(settings))) for _ in range(n if n > 1 else 0)
+        ]
+        yield conn, writers
+
+
 def decode_once(
     settings: Settings,
     tables: Sequence[AvroTable] = AVRO_TABLES,
@@ -28,7 +45,7 @@ def decode_once(
 ) -> list[DecodeReport]:
     resolver = resolver or make_resolver(settings)
     reports = []
-    with closing(db.connect(settings)) as conn:
+    with _connections(settings) as (conn, writers):
         for table in tables:
             reports.append(
                 decode_pass(
@@ -39,6 +56,7 @@ def decode_once(
                     batch_size=settings.decode_batch_size,
                     retry_all=retry_all,
                     max_rows=max_rows,
+                    writers=writers,
                 )
             )
     return reports
@@ -58,7 +76,7 @@ def follow_iter(
     so the raw backup never waits for it."""
     resolver = make_resolver(settings)
     deadline = time.monotonic() + seconds
-    with closing(db.connect(settings)) as conn:
+    with _connections(settings) as (conn, writers):
         while True:
             reports = [
                 decode_pass(
@@ -67,6 +85,7 @@ def follow_iter(
                     settings.topic(spec_for_table(table.raw_table)),
                     resolver,
                     batch_size=settings.decode_batch_size,
+                    writers=writers,
                 )
                 for table in tables
             ]
