@@ -17,7 +17,7 @@ from backup_pipeline.decode.catalog import BEKREFTELSER
 from backup_pipeline.decode.pass_ import DecodeReport, decode_pass
 from backup_pipeline.decode.resolver import Resolver
 from backup_pipeline.demo.data import avro_value
-from backup_pipeline_tests.waits import bounded
+from dev.harness.waits import bounded
 
 TOPIC = "t-bekreftelser"
 
