@@ -18,8 +18,9 @@ from fastavro import parse_schema, schemaless_writer
 
 from backup_pipeline.decode.catalog import AVRO_TABLES, BEKREFTELSER, PAA_VEGNE_AV, AvroTable
 from backup_pipeline.decode.decoder import vendored_text
-from backup_pipeline.decode.pass_ import acknowledge, decode_pass, status
+from backup_pipeline.decode.pass_ import decode_pass
 from backup_pipeline.decode.resolver import Resolver
+from backup_pipeline.decode.undecodable import acknowledge, status
 from backup_pipeline.demo.data import avro_record
 
 TOPIC = {BEKREFTELSER.raw_table: "t-bekreftelser", PAA_VEGNE_AV.raw_table: "t-paavegneav"}

@@ -14,7 +14,8 @@ import pytest
 
 from backup_pipeline.decode import pass_
 from backup_pipeline.decode.catalog import BEKREFTELSER
-from backup_pipeline.decode.pass_ import DecodeReport, decode_pass
+from backup_pipeline.decode.pass_ import decode_pass
+from backup_pipeline.decode.report import DecodeReport
 from backup_pipeline.decode.resolver import Resolver
 from backup_pipeline.demo.data import avro_value
 from dev.harness.waits import bounded

@@ -17,8 +17,8 @@ import pytest
 
 from backup_pipeline.decode.catalog import BEKREFTELSER
 from backup_pipeline.decode.decoder import vendored_text
-from backup_pipeline.decode.pass_ import status
 from backup_pipeline.decode.resolver import RegistryClient, Resolver
+from backup_pipeline.decode.undecodable import status
 from backup_pipeline.demo.data import avro_record
 from backup_pipeline_tests.test_decode import decoded, framed, run, store_raw, undecodable
 

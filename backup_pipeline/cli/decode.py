@@ -53,7 +53,7 @@ def decode_command(
     from contextlib import closing
 
     from backup_pipeline import db
-    from backup_pipeline.decode import pass_, run
+    from backup_pipeline.decode import run, undecodable
     from backup_pipeline.decode.catalog import AVRO_TABLES, avro_table
 
     settings = load_settings()
@@ -64,7 +64,7 @@ def decode_command(
             raise click.UsageError("--acknowledge-up-to needs --by")
         with closing(db.connect(settings)) as conn:
             for table in chosen:
-                n = pass_.acknowledge(conn, table, acknowledge_up_to, by, note)
+                n = undecodable.acknowledge(conn, table, acknowledge_up_to, by, note)
                 click.echo(f"{table.raw_table}: acknowledged {n} undecodable row(s)")
         return
     if follow_seconds is not None:
@@ -73,7 +73,7 @@ def decode_command(
         reports = run.decode_once(settings, chosen, retry_all=retry_undecodable, max_rows=max_rows)
     with closing(db.connect(settings)) as conn:
         for report in reports:
-            st = pass_.status(conn, avro_table(report.table))
+            st = undecodable.status(conn, avro_table(report.table))
             kinds = ", ".join(f"{k} {n}" for k, n in sorted(st.by_kind.items())) or "none"
             click.echo(
                 f"{report.table}: decoded {report.decoded} new, re-decoded "

@@ -10,7 +10,8 @@ import psycopg
 
 from backup_pipeline import db
 from backup_pipeline.decode.catalog import AVRO_TABLES, AvroTable
-from backup_pipeline.decode.pass_ import DecodeReport, decode_pass
+from backup_pipeline.decode.pass_ import decode_pass
+from backup_pipeline.decode.report import DecodeReport
 from backup_pipeline.decode.resolver import RegistryClient, Resolver
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import spec_for_table

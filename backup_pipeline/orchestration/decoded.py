@@ -13,9 +13,9 @@ from typing import Any
 import dagster as dg
 
 from backup_pipeline import db
-from backup_pipeline.decode import pass_, run
+from backup_pipeline.decode import run, undecodable
 from backup_pipeline.decode.catalog import AVRO_TABLES, AvroTable
-from backup_pipeline.decode.pass_ import DecodeReport
+from backup_pipeline.decode.report import DecodeReport
 from backup_pipeline.errors import ConfigError
 from backup_pipeline.orchestration.resources import BackupEngine
 from backup_pipeline.settings import Settings, load_settings
@@ -99,7 +99,7 @@ class DecodeRunConfig(dg.Config):
 
 def _metadata(settings: Settings, table: AvroTable, window: DecodeReport) -> dict[str, Any]:
     with closing(db.connect(settings)) as conn:
-        st = pass_.status(conn, table)
+        st = undecodable.status(conn, table)
     return {
         "dagster/row_count": dg.MetadataValue.int(st.decoded_rows),
         "decoded_in_run_window": dg.MetadataValue.int(window.decoded + window.redecoded),
@@ -112,7 +112,7 @@ def _metadata(settings: Settings, table: AvroTable, window: DecodeReport) -> dic
 
 def _evaluation(settings: Settings, table: AvroTable) -> dg.AssetCheckEvaluation:
     with closing(db.connect(settings)) as conn:
-        st = pass_.status(conn, table)
+        st = undecodable.status(conn, table)
     return dg.AssetCheckEvaluation(
         asset_key=dg.AssetKey(table.decoded_table),
         check_name=CHECK,
