@@ -18,8 +18,8 @@ from backup_pipeline.errors import RestoreError
 from backup_pipeline.kafka.config import CONSUMER_GROUP_ID
 from backup_pipeline.positions import plan as positions
 from backup_pipeline.positions.snapshot import GroupFilter, take_snapshot, thin
-from backup_pipeline.readback import restore_time
 from backup_pipeline.restore.run import RestoreRequest, restore
+from backup_pipeline.selection import restore_time
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline_tests.fix_kafka import add_partitions, good_records, read_topic
 from dev.harness.kafka import delete_topic, end_offsets

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from backup_pipeline.errors import RestoreError
-from backup_pipeline.readback import Selection, restore_time
+from backup_pipeline.selection import Selection, restore_time
 
 
 def test_a_time_without_a_zone_is_utc_and_a_zone_is_kept() -> None:

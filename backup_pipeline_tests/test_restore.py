@@ -17,10 +17,11 @@ from confluent_kafka import Producer, TopicPartition
 from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.errors import RestoreError
 from backup_pipeline.kafka.admin import create_topics
-from backup_pipeline.readback import ORIGIN_HEADERS, Selection, split_origin
+from backup_pipeline.readback import ORIGIN_HEADERS, split_origin
 from backup_pipeline.restore import target_topic
 from backup_pipeline.restore.bookkeeping import offset_map
 from backup_pipeline.restore.run import RestoreRequest, restore, resume
+from backup_pipeline.selection import Selection
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline.verify.compare import verify
 from backup_pipeline_tests.fix_kafka import good_records, key, read_topic, without_offsets

@@ -15,8 +15,8 @@ from backup_pipeline.backup.run import backup_topic
 from backup_pipeline.cli.restore import restore_command
 from backup_pipeline.demo.data import event_value
 from backup_pipeline.errors import RestoreError
-from backup_pipeline.readback import Selection
 from backup_pipeline.restore.run import RestoreRequest, restore
+from backup_pipeline.selection import Selection
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline_tests.fix_kafka import good_records, key, read_topic
 from backup_pipeline_tests.test_restore import BASE_MS, _backed_up_sequence, _source_offsets

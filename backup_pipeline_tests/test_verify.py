@@ -5,8 +5,8 @@ from __future__ import annotations
 from confluent_kafka import Producer, TopicPartition
 
 from backup_pipeline.backup.run import backup_topic
-from backup_pipeline.readback import Selection
 from backup_pipeline.restore.run import RestoreRequest, restore
+from backup_pipeline.selection import Selection
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline.verify.compare import verify

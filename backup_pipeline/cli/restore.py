@@ -13,10 +13,10 @@ from backup_pipeline import db
 from backup_pipeline.cli.common import echo_versions, friendly_errors, maybe_migrate
 from backup_pipeline.positions import plan as positions
 from backup_pipeline.progress import TerminalProgress
-from backup_pipeline.readback import Selection, restore_time
 from backup_pipeline.restore import bookkeeping
 from backup_pipeline.restore.report import RestoreReport
 from backup_pipeline.restore.run import RestoreRequest, restore, resume
+from backup_pipeline.selection import Selection, restore_time
 from backup_pipeline.settings import Settings, load_settings
 from backup_pipeline.topics import TABLES
 from backup_pipeline.verify.compare import verify

@@ -5,9 +5,9 @@ import dagster as dg
 from backup_pipeline.orchestration.assets import topic_asset_key
 from backup_pipeline.positions import plan as positions
 from backup_pipeline.progress import LogProgress
-from backup_pipeline.readback import Selection, restore_time
 from backup_pipeline.restore.report import RestoreReport
 from backup_pipeline.restore.run import RestoreRequest, restore, resume
+from backup_pipeline.selection import Selection, restore_time
 from backup_pipeline.settings import env_setting, load_settings
 from backup_pipeline.topics import TOPICS, TopicSpec
 from backup_pipeline.verify.compare import verify

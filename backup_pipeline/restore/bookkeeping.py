@@ -13,7 +13,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from backup_pipeline import failpoints
-from backup_pipeline.readback import Selection
+from backup_pipeline.selection import Selection
 
 RESTORE_LOCK_NAMESPACE = "backup_pipeline:restore"
 

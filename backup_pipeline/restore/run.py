@@ -30,14 +30,12 @@ from backup_pipeline import db, readback, versions
 from backup_pipeline.errors import RestoreError
 from backup_pipeline.kafka.config import admin_config, consumer_config, producer_config
 from backup_pipeline.progress import ProgressCallback
-from backup_pipeline.readback import (
-    Selection,
-    resolve_spec,
-)
+from backup_pipeline.readback import resolve_spec
 from backup_pipeline.restore import bookkeeping, target_topic
 from backup_pipeline.restore.bookkeeping import RunRow
 from backup_pipeline.restore.partitions import restore_partitions
 from backup_pipeline.restore.report import RestoreReport
+from backup_pipeline.selection import Selection
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import ValueFormat, spec_for_table
 

@@ -33,8 +33,9 @@ from backup_pipeline import db, hwm, readback, versions
 from backup_pipeline.kafka import client
 from backup_pipeline.kafka.config import consumer_config
 from backup_pipeline.progress import ProgressCallback
-from backup_pipeline.readback import Selection, resolve_spec
+from backup_pipeline.readback import resolve_spec
 from backup_pipeline.restore import bookkeeping
+from backup_pipeline.selection import Selection
 from backup_pipeline.settings import Settings
 from backup_pipeline.verify import topic
 from backup_pipeline.verify.merge import (

@@ -11,7 +11,8 @@ from confluent_kafka import Consumer
 
 from backup_pipeline import readback
 from backup_pipeline.progress import ProgressCallback, tick
-from backup_pipeline.readback import BackedUpRecord, Selection
+from backup_pipeline.readback import BackedUpRecord
+from backup_pipeline.selection import Selection
 from backup_pipeline.topics import TopicSpec, ValueFormat
 from backup_pipeline.verify.digest import digest, legacy_digest
 from backup_pipeline.verify.report import PartitionVerify, VerifyError
