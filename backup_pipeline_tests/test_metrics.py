@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from backup_pipeline.cli import main
 from backup_pipeline.demo.data import DemoRecord
 from backup_pipeline.metrics import server
-from backup_pipeline.metrics.readings import PartitionReading
+from backup_pipeline.metrics.scrape import PartitionReading
 from backup_pipeline.topics import spec_for_table
 from backup_pipeline_tests.fix_db import scratch_database
 from backup_pipeline_tests.fix_kafka import good_records, produce

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from backup_pipeline.metrics.readings import SOURCES, Reader, Reading
+from backup_pipeline.metrics.readings import Reader
+from backup_pipeline.metrics.scrape import SOURCES, Reading
 
 PREFIX = "backup_pipeline"
 PARTITION_LABELS = ["table", "topic", "version", "partition"]

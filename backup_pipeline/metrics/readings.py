@@ -18,8 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+from dataclasses import replace
 
 import psycopg
 from confluent_kafka import Consumer
@@ -28,8 +27,8 @@ from psycopg import sql
 from backup_pipeline import db
 from backup_pipeline.errors import BackupError, KafkaUnavailableError
 from backup_pipeline.kafka import client
+from backup_pipeline.metrics.scrape import PartitionReading, Reading
 from backup_pipeline.settings import Settings
-from backup_pipeline.status import PartitionStatus
 from backup_pipeline.topics import TopicSpec
 
 log = logging.getLogger(__name__)
@@ -38,67 +37,6 @@ log = logging.getLogger(__name__)
 # here because the engine imports nothing of Dagster's.
 TABLE_TAG = "backup_pipeline/table"
 VERSION_TAG = "backup_pipeline/version"
-
-SOURCES = ("postgres", "kafka", "dagster")
-
-
-@dataclass(frozen=True)
-class PartitionReading:
-    table: str
-    topic: str
-    version: int
-    state: str  # serving, reingesting, or unrecorded (retired versions are left out)
-    partition: int
-    hwm: int | None  # None: nothing accounted for yet
-    rows_stored: int
-    quarantined: int
-    gaps: int  # retention gaps recorded
-    lost: int  # offsets in them
-    last_stored_at: datetime | None  # Kafka timestamp of the newest stored record
-    # From Kafka; None when Kafka did not answer in this scrape.
-    log_start: int | None = None
-    end_offset: int | None = None
-
-    @property
-    def lag(self) -> int | None:
-        if self.end_offset is None:
-            return None
-        # status.py's definition, so `backup-pipeline status` and the endpoint agree.
-        return PartitionStatus(
-            self.table,
-            self.topic,
-            self.version,
-            self.partition,
-            self.hwm,
-            self.log_start or 0,
-            self.end_offset,
-            self.quarantined,
-            self.lost,
-        ).lag
-
-    def lag_seconds(self, now: float) -> float | None:
-        """0 when caught up; else how old the newest stored record is (an upper bound of
-        the age of the oldest record not stored yet, which is newer than it). None when
-        Kafka did not answer, or nothing with a timestamp is stored yet."""
-        lag = self.lag
-        if lag is None:
-            return None
-        if lag == 0:
-            return 0.0
-        if self.last_stored_at is None:
-            return None
-        return max(0.0, now - self.last_stored_at.timestamp())
-
-
-@dataclass
-class Reading:
-    partitions: list[PartitionReading] = field(default_factory=list)
-    # (table, version) -> failed runs recorded in Dagster; empty when not configured.
-    runs_failed: dict[tuple[str, int], int] = field(default_factory=dict)
-    # Per source (postgres, kafka, dagster): whether it answered fully in this scrape.
-    up: dict[str, bool] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-    duration_seconds: float = 0.0
 
 
 # Per (version, partition): rows and quarantined counted so far, up to which HWM.

@@ -10,7 +10,8 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import start_http_server
 
 from backup_pipeline.metrics.collector import registry
-from backup_pipeline.metrics.readings import Reader, Reading
+from backup_pipeline.metrics.readings import Reader
+from backup_pipeline.metrics.scrape import Reading
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TOPICS
 
