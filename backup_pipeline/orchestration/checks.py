@@ -117,7 +117,7 @@ def judge(spec: TopicSpec, health: Health) -> list[Outcome]:
     behind = health.behind_seconds
     behind_line = (
         f"v{version} serves; {behind_text(behind)} behind ({behind_band(behind)}), "
-        f"lag {lag:,} records"
+        f"lag {lag:,} record{'' if lag == 1 else 's'}"
     )
     if lag_failing:
         behind_line += f", above {health.max_lag:,} for {high:.0f} s"
@@ -129,7 +129,7 @@ def judge(spec: TopicSpec, health: Health) -> list[Outcome]:
             {
                 # The one series worth a plot; the limits are text, so no flat lines.
                 "lag": lag,
-                "seconds_behind": round(behind, 1),
+                **_count("seconds_behind", round(behind, 1)),
                 # The band, not the seconds, decides when a new result is worth a row.
                 "behind": dg.MetadataValue.text(behind_band(behind)),
                 "serving_version": dg.MetadataValue.text(f"v{version}"),
@@ -186,7 +186,7 @@ def judge(spec: TopicSpec, health: Health) -> list[Outcome]:
     ]
 
 
-def _count(name: str, value: int) -> dict[str, Any]:
+def _count(name: str, value: float) -> dict[str, Any]:
     """A count as a number when there is something to count, else as text: a series that
     is 0 on every healthy tick would only draw a flat line."""
     return {name: value} if value else {name: dg.MetadataValue.text("none")}

@@ -180,7 +180,8 @@ def observe(
         "behind": dg.MetadataValue.text(
             f"{reporting.behind_text(behind)} ({reporting.behind_band(behind)})"
         ),
-        "seconds_behind": round(behind, 1),
+        # Only when something waits: a series of zeros would only draw a flat line.
+        **({"seconds_behind": round(behind, 1)} if behind else {}),
         "serving_version": dg.MetadataValue.text(f"v{state.serving}"),
         "versions": dg.MetadataValue.text(versions_text),
     }
