@@ -11,8 +11,9 @@ per type and extrapolated to a day.
 
     dev/with-services .venv/bin/python bench/event_rows.py [--minutes 15] [--warmup 2]
 
-`--code PATH` runs another checkout's package (PYTHONPATH), e.g. a `git worktree` of the
-commit before a change, for a baseline on the same machine and services.
+`--code PATH` runs another checkout's `dev/dagster` and package (with this checkout's
+virtualenv), e.g. `git archive` of the commit before a change unpacked somewhere, for a
+baseline on the same machine and services.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from freshness import location_error, run_cli, start_stack, stop_stack  # noqa: E402
+from freshness import location_error, run_cli, stop_stack  # noqa: E402
 
 Counts = Counter[str]
 
@@ -76,6 +77,32 @@ def report(before: Counts, after: Counts, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def start_stack(
+    repo: Path, home: Path, port: int, code_port: int
+) -> tuple[subprocess.Popen[str], str]:
+    """``repo``'s dev/dagster (its code server imports the package from ``repo``), with this
+    checkout's virtualenv."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUP_SENSOR_")}
+    env.update(
+        DAGSTER_HOME=str(home),
+        DAGSTER_PORT=str(port),
+        DAGSTER_CODE_SERVER_PORT=str(code_port),
+        VENV=str(Path(sys.executable).parent.parent),
+    )
+    stack = subprocess.Popen(
+        [str(repo / "dev" / "dagster")],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # stopped in order with SIGTERM, not by our Ctrl-C
+    )
+    assert stack.stdout is not None
+    url = stack.stdout.readline().strip()  # dev/dagster prints the URL once the UI answers
+    if not url:
+        raise RuntimeError(f"dev/dagster exited with {stack.wait()} before the UI answered")
+    return stack, url
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=15.0, help="measurement window")
@@ -96,9 +123,9 @@ def main() -> int:
     home = (state / f"event-rows-home-{int(time.time())}").resolve()
     home.mkdir(parents=True)
     os.environ["DAGSTER_HOME"] = str(home)
+    repo = (args.code or BENCH.parent).resolve()
     if args.code:
-        os.environ["PYTHONPATH"] = str(args.code.resolve())
-        log(f"Dagster runs the package of {args.code}")
+        log(f"Dagster runs the package of {repo}")
     for name in [k for k in os.environ if k.startswith("BACKUP_SENSOR_")]:
         del os.environ[name]  # production defaults
     run_cli("migrate")
@@ -110,7 +137,7 @@ def main() -> int:
     )
     stack = None
     try:
-        stack, url = start_stack(home, args.port, args.code_port)
+        stack, url = start_stack(repo, home, args.port, args.code_port)
         if error := location_error(url):
             raise RuntimeError(f"the code location failed to load: {error}")
         log(f"{url} answers; warming up for {args.warmup:g} min")
