@@ -148,9 +148,18 @@ class Settings(BaseModel):
     backup_follow_pass_records: int = Field(
         default=200_000, ge=1, validation_alias="BACKUP_FOLLOW_PASS_RECORDS"
     )
-    # A follow run reports a materialization at most this often (and when it ends).
+    # A follow run reports a materialization (with the four check results) when it stored
+    # records and the table's latest materialization, by any run, is at least this old.
+    # Every one is kept forever in Dagster's event log: 900 s keeps three tables within
+    # issue 17's budget (README, "Dagster's own storage"); lag and health move in between.
     backup_materialize_every_seconds: float = Field(
-        default=60.0, ge=1, validation_alias="BACKUP_MATERIALIZE_EVERY_SECONDS"
+        default=900.0, ge=1, validation_alias="BACKUP_MATERIALIZE_EVERY_SECONDS"
+    )
+    # The backup sensor writes an asset event only when what an operator acts on changed
+    # (a check's result or severity, the lag's time band, versions, whole re-ingest percent),
+    # and at least this often, so "last evaluated" never looks stale.
+    backup_health_heartbeat_seconds: float = Field(
+        default=1800.0, ge=1, le=86_400, validation_alias="BACKUP_HEALTH_HEARTBEAT_SECONDS"
     )
     # The lag check fails once the lag has stayed above BACKUP_CAUGHT_UP_MAX_LAG this long.
     backup_lag_alert_seconds: float = Field(

@@ -234,6 +234,11 @@ def follow(
                 outcome.errors = report.errors
                 outcome.ended_because = "a pass reported errors"
                 return
+            if until <= 0:
+                # A single pass (backup_topic, the Materialize button): it never followed,
+                # so there is no follow run whose end to announce.
+                outcome.ended_because = "its single pass is done"
+                return
             if report.lag > 0 and not (reason := _why_end(held.lock, until, should_stop)):
                 continue  # a capped pass: go on at once
             while not (reason := _why_end(held.lock, until, should_stop)):

@@ -190,9 +190,20 @@ def table_asset(spec: TopicSpec) -> dg.AssetsDefinition:
         with logs.bind(run_id=context.run.run_id, table=spec.table), engine.connection() as conn:
             window = _Window(rows_before=rows_stored(conn, spec.table, version))
             following = config.follow_seconds > 0
-            # The first pass that stored records is reported at once, later ones at most
-            # every BACKUP_MATERIALIZE_EVERY_SECONDS (and whatever is left when the run ends).
-            reported_at: float | None = None
+            # A follow run materializes when it stored records and the table's latest
+            # materialization, by this run or an earlier one, is at least
+            # BACKUP_MATERIALIZE_EVERY_SECONDS old: each one is kept forever with its four
+            # check results, and runs hand over every BACKUP_RUN_FOLLOW_SECONDS, so a
+            # per-run clock would report twice per run. In between, the sensor's lag and
+            # checks say how far behind the table is.
+            every = settings.backup_materialize_every_seconds
+            reported_at = None if reingest else _last_materialized(context, spec)
+
+            def due() -> bool:
+                return bool(window.records) and (
+                    reported_at is None or time.time() - reported_at >= every
+                )
+
             if following:
                 reports = engine.follow(
                     spec, version, config.follow_seconds, outcome, _retired(conn, spec, version)
@@ -217,22 +228,15 @@ def table_asset(spec: TopicSpec) -> dg.AssetsDefinition:
                             ]
                         )
                     )
-                now = time.monotonic()
-                if (
-                    following
-                    and window.records
-                    and (
-                        reported_at is None
-                        or now - reported_at >= settings.backup_materialize_every_seconds
-                    )
-                ):
+                if following and due():
                     judged = [] if reingest else _judge_checks(context, spec, engine, settings)
                     yield _event(spec, window, version, reingest, None)
                     _report(context, judged)
-                    reported_at = now
+                    reported_at = time.time()
                     window = window.next()
-            # A skipped pass was logged by the engine (its logger is in the run's log).
-            if not outcome.skipped and (window.records or (window.passes and not following)):
+            # A skipped pass was logged by the engine (its logger is in the run's log). A
+            # follow run's rows not yet reported go with its successor's materialization.
+            if not outcome.skipped and (due() or (window.passes and not following)):
                 judged = (
                     _judge_checks(context, spec, engine, settings)
                     if following and not reingest
@@ -244,6 +248,11 @@ def table_asset(spec: TopicSpec) -> dg.AssetsDefinition:
                 _report(context, judged)
 
     return _backup
+
+
+def _last_materialized(context: dg.AssetExecutionContext, spec: TopicSpec) -> float | None:
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(spec.table))
+    return event.timestamp if event is not None else None
 
 
 def _retired(conn: psycopg.Connection, spec: TopicSpec, version: int) -> Callable[[], bool]:

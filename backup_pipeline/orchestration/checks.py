@@ -6,18 +6,26 @@ by hand from the asset page. A check fails only on something to act on and passe
 once it was dealt with: quarantined records and retention gaps count until they are
 acknowledged (``backup-pipeline acknowledge`` or the ``acknowledge`` job), lag fails only
 after it stayed above the threshold for BACKUP_LAG_ALERT_SECONDS, and a failed run stops
-counting once a later run of the same job succeeded.
+counting once the backup demonstrably recovered: records were stored past where it ended,
+or the topic is caught up (a later run finishes only after BACKUP_RUN_FOLLOW_SECONDS, far
+too late to wait for).
+
+Each result carries a one-line description (what the asset overview and the lineage graph
+show next to the check): the lag check says how far behind the serving version is, as
+time, and which version serves.
 """
 
+import json
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dagster as dg
 
 from backup_pipeline.errors import BackupError
 from backup_pipeline.orchestration.jobs import job_name
+from backup_pipeline.orchestration.reporting import Reported, behind_band, behind_text
 from backup_pipeline.orchestration.resources import BackupEngine, TopicView
 from backup_pipeline.settings import Settings
 from backup_pipeline.topics import TopicSpec
@@ -35,8 +43,9 @@ _DESCRIPTIONS = {
     "in backup_quarantine, then acknowledge them (backup-pipeline acknowledge --quarantine).",
     GAPS: "Kafka deleted no offsets of the serving version before they were backed up "
     "(backup_gaps), or the loss was acknowledged (backup-pipeline acknowledge --gaps).",
-    RUNS: "The latest finished backup run succeeded (a failed run also covers offsets "
-    "that were not accounted for).",
+    RUNS: "No backup run failed since the backup last made progress: a failed run stops "
+    "counting once records were stored past where it ended, or the topic is caught up (a "
+    "failed run also covers offsets that were not accounted for).",
 }
 
 
@@ -44,6 +53,7 @@ _DESCRIPTIONS = {
 class FailedRun:
     run_id: str
     message: str
+    recovered: str | None = None  # why it no longer counts; None: it still does
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,7 @@ class Health:
     failed_run: FailedRun | None
     unreachable: str | None = None  # Kafka or PostgreSQL could not be asked
     notes: dict[str, str] = field(default_factory=dict)
+    behind_seconds: float = 0.0  # how long the oldest record not yet stored has waited
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,19 @@ class Outcome:
     passed: bool
     severity: dg.AssetCheckSeverity
     metadata: dict[str, Any]
+    description: str = ""
+
+    @property
+    def signature(self) -> str:
+        return signature(self.passed, self.severity, self.metadata)
+
+
+def signature(passed: bool, severity: dg.AssetCheckSeverity, metadata: Mapping[str, Any]) -> str:
+    """What must change for a result to be worth a new row: the result, its severity and,
+    for the lag check, the time band of how far behind the serving version is."""
+    band = metadata.get("behind")
+    band_text = band.value if isinstance(band, dg.TextMetadataValue) else (band or "")
+    return f"{passed}|{severity.value}|{band_text}"
 
 
 def judge(spec: TopicSpec, health: Health) -> list[Outcome]:
@@ -80,9 +104,23 @@ def judge(spec: TopicSpec, health: Health) -> list[Outcome]:
         f"AND version = {version} AND acknowledged_at IS NULL"
     )
     runs_meta: dict[str, Any] = {"job": job_name(spec)}
-    if health.failed_run:
-        runs_meta["failed_run"] = dg.MetadataValue.dagster_run(health.failed_run.run_id)
-        runs_meta["error"] = health.failed_run.message
+    failed = health.failed_run
+    runs_text = "no failed run since the backup last made progress"
+    if failed:
+        runs_meta["failed_run"] = dg.MetadataValue.dagster_run(failed.run_id)
+        runs_meta["error"] = failed.message
+        if failed.recovered:
+            runs_meta["recovered"] = dg.MetadataValue.text(failed.recovered)
+            runs_text = f"run {failed.run_id[:8]} failed, since recovered: {failed.recovered}"
+        else:
+            runs_text = f"run {failed.run_id[:8]} failed and no progress since: {failed.message}"
+    behind = health.behind_seconds
+    behind_line = (
+        f"v{version} serves; {behind_text(behind)} behind ({behind_band(behind)}), "
+        f"lag {lag:,} record{'' if lag == 1 else 's'}"
+    )
+    if lag_failing:
+        behind_line += f", above {health.max_lag:,} for {high:.0f} s"
     return [
         Outcome(
             LAG,
@@ -91,6 +129,9 @@ def judge(spec: TopicSpec, health: Health) -> list[Outcome]:
             {
                 # The one series worth a plot; the limits are text, so no flat lines.
                 "lag": lag,
+                **_count("seconds_behind", round(behind, 1)),
+                # The band, not the seconds, decides when a new result is worth a row.
+                "behind": dg.MetadataValue.text(behind_band(behind)),
                 "serving_version": dg.MetadataValue.text(f"v{version}"),
                 "rule": dg.MetadataValue.text(
                     f"fails when the lag stays above {health.max_lag} for "
@@ -98,6 +139,7 @@ def judge(spec: TopicSpec, health: Health) -> list[Outcome]:
                 ),
                 **({"above_for_seconds": round(high, 1)} if high is not None else {}),
             },
+            behind_line,
         ),
         Outcome(
             QUARANTINE,
@@ -111,6 +153,10 @@ def judge(spec: TopicSpec, health: Health) -> list[Outcome]:
                     "--by NAME --note TEXT"
                 ),
             },
+            f"{unack.quarantined:,} quarantined records wait for review; acknowledge them "
+            "once reviewed"
+            if unack.quarantined
+            else "no quarantined record waits for review",
         ),
         Outcome(
             GAPS,
@@ -126,12 +172,21 @@ def judge(spec: TopicSpec, health: Health) -> list[Outcome]:
                     f"backup-pipeline acknowledge --table {spec.table} --gaps --by NAME --note TEXT"
                 ),
             },
+            f"{unack.lost_offsets:,} offsets deleted by Kafka before they were backed up"
+            if unack.lost_offsets
+            else "no unacknowledged lost offsets",
         ),
-        Outcome(RUNS, health.failed_run is None, dg.AssetCheckSeverity.ERROR, runs_meta),
+        Outcome(
+            RUNS,
+            failed is None or failed.recovered is not None,
+            dg.AssetCheckSeverity.ERROR,
+            runs_meta,
+            runs_text,
+        ),
     ]
 
 
-def _count(name: str, value: int) -> dict[str, Any]:
+def _count(name: str, value: float) -> dict[str, Any]:
     """A count as a number when there is something to count, else as text: a series that
     is 0 on every healthy tick would only draw a flat line."""
     return {name: value} if value else {name: dg.MetadataValue.text("none")}
@@ -161,6 +216,43 @@ def latest_failed_run(instance: dg.DagsterInstance, spec: TopicSpec) -> FailedRu
     return FailedRun(run.run_id, message)
 
 
+def _failed_hwms_key(spec: TopicSpec) -> str:
+    return f"backup_pipeline/failed_run_hwms/{spec.table}"
+
+
+def unrecovered_failure(
+    instance: dg.DagsterInstance, spec: TopicSpec, view: TopicView
+) -> FailedRun | None:
+    """The latest failed run, with ``recovered`` set once the backup demonstrably moved on.
+
+    Where the failed run ended is taken from the HWMs when a tick or a run first sees it
+    failed (kept in the instance's key-value store beside the lag, so every judge agrees):
+    the failed run has stopped writing by then, so a HWM above those is a later run's
+    records. A topic with no lag needs no proof. A failure that lasts (runs keep failing,
+    PostgreSQL stays down) moves no HWM, so the check is red from the first tick on.
+    """
+    failed = latest_failed_run(instance, spec)
+    if failed is None:
+        return None
+    key = _failed_hwms_key(spec)
+    now_hwms = {str(p.partition): -1 if p.hwm is None else p.hwm for p in view.serving}
+    try:
+        seen = json.loads(instance.run_storage.get_cursor_values({key}).get(key) or "{}")
+    except ValueError:
+        seen = {}
+    if not isinstance(seen, dict) or seen.get("run_id") != failed.run_id:
+        seen = {"run_id": failed.run_id, "hwms": now_hwms}
+        instance.run_storage.set_cursor_values({key: json.dumps(seen)})
+    ended_at: dict[str, int] = seen.get("hwms") or {}
+    moved = sorted(int(p) for p, hwm in now_hwms.items() if hwm > ended_at.get(p, -1))
+    if moved:
+        where = ", ".join(str(p) for p in moved)
+        return replace(failed, recovered=f"records stored past its end (partitions {where})")
+    if view.serving and view.serving_lag == 0:
+        return replace(failed, recovered="the topic is caught up")
+    return failed
+
+
 RETRIED_BY_TAG = "backup_pipeline/retried_by"
 
 
@@ -186,23 +278,46 @@ def _lag_key(spec: TopicSpec) -> str:
     return f"backup_pipeline/lag_high_since/{spec.table}"
 
 
-def lag_high_since(instance: dg.DagsterInstance, spec: TopicSpec) -> float | None:
-    """Since when (epoch seconds) the sensor has seen the lag above the threshold. Kept in
-    the instance's key-value store, so a run and a check run by hand judge like the sensor."""
-    value = instance.run_storage.get_cursor_values({_lag_key(spec)}).get(_lag_key(spec), "")
+def _behind_key(spec: TopicSpec) -> str:
+    return f"backup_pipeline/behind_since/{spec.table}"
+
+
+def _read_time(instance: dg.DagsterInstance, key: str) -> float | None:
+    value = instance.run_storage.get_cursor_values({key}).get(key, "")
     try:
         return float(value) if value else None
     except ValueError:
         return None
 
 
+def lag_high_since(instance: dg.DagsterInstance, spec: TopicSpec) -> float | None:
+    """Since when (epoch seconds) the sensor has seen the lag above the threshold. Kept in
+    the instance's key-value store, so a run and a check run by hand judge like the sensor."""
+    return _read_time(instance, _lag_key(spec))
+
+
+def behind_since(instance: dg.DagsterInstance, spec: TopicSpec) -> float | None:
+    """Since when the oldest record not yet stored has waited, as the sensor last saw it
+    (reporting.behind_seconds); None: nothing waited."""
+    return _read_time(instance, _behind_key(spec))
+
+
 def remember_lag(
-    instance: dg.DagsterInstance, spec: TopicSpec, lag: int, max_lag: int, now: float
+    instance: dg.DagsterInstance,
+    spec: TopicSpec,
+    lag: int,
+    max_lag: int,
+    now: float,
+    behind_seconds: float = 0.0,
 ) -> float | None:
-    """The sensor's update of :func:`lag_high_since`; returns it."""
+    """The sensor's update of :func:`lag_high_since` and :func:`behind_since`; returns the
+    former."""
     since = lag_high_since(instance, spec)
     since = (since or now) if lag > max_lag else None
-    instance.run_storage.set_cursor_values({_lag_key(spec): "" if since is None else str(since)})
+    waiting = str(now - behind_seconds) if behind_seconds > 0 else ""
+    instance.run_storage.set_cursor_values(
+        {_lag_key(spec): "" if since is None else str(since), _behind_key(spec): waiting}
+    )
     return since
 
 
@@ -213,28 +328,70 @@ def health(
     settings: Settings,
     now: float,
     since: float | None,
+    behind_seconds: float | None = None,
 ) -> Health:
+    """What the checks judge. ``behind_seconds`` is the sensor's own measure; a run or a
+    check run by hand reads it from what the sensor last remembered."""
+    if behind_seconds is None:
+        waiting = behind_since(instance, spec)
+        behind_seconds = max(0.0, now - waiting) if waiting is not None else 0.0
     return Health(
         view=view,
         max_lag=settings.backup_caught_up_max_lag,
         lag_alert_seconds=settings.backup_lag_alert_seconds,
         lag_high_for_seconds=(now - since) if since is not None else None,
-        failed_run=latest_failed_run(instance, spec),
+        failed_run=unrecovered_failure(instance, spec, view),
+        behind_seconds=behind_seconds,
     )
 
 
-def evaluations(spec: TopicSpec, health: Health) -> list[dg.AssetCheckEvaluation]:
-    """What a sensor tick reports."""
-    return [
-        dg.AssetCheckEvaluation(
-            asset_key=dg.AssetKey(spec.table),
-            check_name=o.name,
-            passed=o.passed,
-            severity=o.severity,
-            metadata=o.metadata,
+def evaluations(
+    spec: TopicSpec, health: Health, only: set[str] | None = None
+) -> list[dg.AssetCheckEvaluation]:
+    """The results to report (all four, or those named in ``only``)."""
+    return [evaluation(spec, o) for o in judge(spec, health) if only is None or o.name in only]
+
+
+def evaluation(spec: TopicSpec, outcome: Outcome) -> dg.AssetCheckEvaluation:
+    return dg.AssetCheckEvaluation(
+        asset_key=dg.AssetKey(spec.table),
+        check_name=outcome.name,
+        passed=outcome.passed,
+        severity=outcome.severity,
+        metadata=outcome.metadata,
+        description=outcome.description or None,
+    )
+
+
+def reported(instance: dg.DagsterInstance, spec: TopicSpec) -> dict[str, Reported | None]:
+    """Each check's latest result as Dagster shows it (one query for the four), and whether
+    it judges the table's latest materialization (the asset page shows only those)."""
+    asset = dg.AssetKey(spec.table)
+    keys = [dg.AssetCheckKey(asset, name) for name in CHECKS]
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+    records = instance.get_asset_records([asset])
+    materialized = records[0].asset_entry.last_materialization_record if records else None
+    result: dict[str, Reported | None] = {}
+    for key in keys:
+        record = latest.get(key)
+        event = record.event if record is not None else None
+        data = event.dagster_event.event_specific_data if event and event.dagster_event else None
+        if record is None or not isinstance(data, dg.AssetCheckEvaluation):
+            result[key.name] = None  # none yet, or one in progress (run by hand)
+            continue
+        # The same test as the UI's (AssetCheckExecutionRecord.targets_latest_materialization).
+        if materialized is None:
+            current = True
+        elif data.target_materialization_data is not None:
+            current = data.target_materialization_data.storage_id == materialized.storage_id
+        else:
+            current = materialized.timestamp < record.create_timestamp
+        result[key.name] = Reported(
+            signature=signature(data.passed, data.severity, data.metadata),
+            timestamp=record.create_timestamp,
+            for_latest_materialization=current,
         )
-        for o in judge(spec, health)
-    ]
+    return result
 
 
 def table_checks(spec: TopicSpec) -> dg.AssetChecksDefinition:
@@ -273,6 +430,7 @@ def table_checks(spec: TopicSpec) -> dg.AssetChecksDefinition:
                     passed=outcome.passed,
                     severity=outcome.severity,
                     metadata=outcome.metadata,
+                    description=outcome.description or None,
                 )
 
     return _checks

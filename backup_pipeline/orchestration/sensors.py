@@ -7,16 +7,18 @@ The sensor only makes sure one follow run is active per (table, version); shortl
 that run's time is up it starts the successor, which asks the running one to hand over
 (hwm.WriterLock), so there is no gap between runs.
 
-Every tick the backup sensor also reports, as asset events, what a person looks at: the
-table's current lag and serving version (an observation), re-ingestion progress with an
-ETA, and the four health checks (checks.py). A tick that cannot reach Kafka or PostgreSQL
-skips and says why; it never errors.
+Every tick the backup sensor also judges what a person looks at: how far behind the table
+is (as time and in records) and which version serves (an observation), re-ingestion
+progress with an ETA, and the four health checks (checks.py). It writes them as asset
+events only when one changed in a way an operator acts on, and at least every
+BACKUP_HEALTH_HEARTBEAT_SECONDS (reporting.py): Dagster keeps every event forever. A tick
+that cannot reach Kafka or PostgreSQL skips and says why; it never errors.
 """
 
 import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
@@ -24,7 +26,7 @@ import psycopg
 from confluent_kafka import KafkaException
 
 from backup_pipeline.errors import BackupError, ConfigError
-from backup_pipeline.orchestration import checks
+from backup_pipeline.orchestration import checks, reporting
 from backup_pipeline.orchestration.assets import topic_asset_key
 from backup_pipeline.orchestration.jobs import (
     TABLE_TAG,
@@ -33,7 +35,7 @@ from backup_pipeline.orchestration.jobs import (
     reingest_job_name,
 )
 from backup_pipeline.orchestration.resources import BackupEngine, TopicView
-from backup_pipeline.settings import Settings, in_window, load_settings
+from backup_pipeline.settings import Settings, env_setting, in_window
 from backup_pipeline.topics import TopicSpec
 
 # Each Kafka request of a tick (1 + one per partition). A broker that is down fails the
@@ -50,13 +52,14 @@ ACTIVE = [
 ]
 
 
-def sensor_interval() -> int:
-    """BACKUP_SENSOR_INTERVAL_SECONDS for the sensor definitions. A bad value must not take
-    the code location down: the default is used, and every tick reports the error."""
+def sensor_interval(environ: Mapping[str, str] | None = None) -> int:
+    """BACKUP_SENSOR_INTERVAL_SECONDS for the sensor definitions, read alone: another
+    variable that is missing or bad (reported by every tick) must not change it. A bad
+    value of its own must not take the code location down: the default is used."""
     try:
-        return load_settings().sensor_interval_seconds
+        return env_setting("sensor_interval_seconds", int, environ)
     except ConfigError:
-        return 30
+        return int(Settings.model_fields["sensor_interval_seconds"].get_default())
 
 
 @dataclass(frozen=True)
@@ -120,20 +123,22 @@ def _run_request(spec: TopicSpec, version: int, settings: Settings) -> dg.RunReq
 
 @dataclass
 class Cursor:
-    """What a tick remembers: the serving version (to say when it switched) and where a
-    re-ingestion stood when first seen (for its rate and ETA)."""
+    """What a tick remembers: the serving version (to say when it switched), where a
+    re-ingestion stood when first seen (for its rate and ETA), the end offsets still waiting
+    to be stored (reporting.behind_seconds), and the table observation last written."""
 
     serving: int | None = None
     reingest_version: int | None = None
     reingest_start_done: int = 0
     reingest_start_at: float = 0.0
+    marks: dict[str, list[float]] = field(default_factory=dict)
+    observed: str = ""  # signature of the last observation written
+    observed_at: float = 0.0
 
     @classmethod
     def parse(cls, text: str | None) -> "Cursor":
         if not text:
             return cls()
-        if text.isdigit():  # the cursor of releases before this one: the serving version
-            return cls(serving=int(text))
         try:
             known = {k: v for k, v in json.loads(text).items() if k in cls.__dataclass_fields__}
             return cls(**known)
@@ -141,7 +146,7 @@ class Cursor:
             return cls()
 
     def dump(self) -> str:
-        return json.dumps(self.__dict__)
+        return json.dumps(self.__dict__, separators=(",", ":"))
 
 
 def _eta_text(seconds: float | None) -> str:
@@ -157,9 +162,11 @@ def observe(
     cursor: Cursor,
     settings: Settings,
     now: float,
-) -> tuple[list[dg.AssetObservation | dg.AssetCheckEvaluation], list[str]]:
-    """The asset events of a tick and what to say about versions (pure, given ``now``);
-    updates ``cursor``."""
+    behind: float = 0.0,
+) -> tuple[list[dg.AssetObservation], list[str]]:
+    """The observations of a tick, if they are due (reporting.observation_due), and what to
+    say about versions (pure, given ``now``); updates ``cursor``. ``behind``: seconds the
+    oldest record not yet stored has waited."""
     state = view.state
     lag = view.serving_lag
     reasons: list[str] = []
@@ -167,13 +174,18 @@ def observe(
         reasons.append(f"switched from version {cursor.serving} to version {state.serving}")
     cursor.serving = state.serving
 
+    versions_text = ", ".join(f"v{v.version} {v.state}" for v in state.versions) or "none yet"
     table_meta: dict[str, Any] = {
         "lag": lag,
-        "serving_version": dg.MetadataValue.text(f"v{state.serving}"),
-        "versions": dg.MetadataValue.text(
-            ", ".join(f"v{v.version} {v.state}" for v in state.versions) or "none yet"
+        "behind": dg.MetadataValue.text(
+            f"{reporting.behind_text(behind)} ({reporting.behind_band(behind)})"
         ),
+        # Only when something waits: a series of zeros would only draw a flat line.
+        **({"seconds_behind": round(behind, 1)} if behind else {}),
+        "serving_version": dg.MetadataValue.text(f"v{state.serving}"),
+        "versions": dg.MetadataValue.text(versions_text),
     }
+    progress = ""
     if state.reingesting:
         if cursor.reingest_version != state.target:
             cursor.reingest_version = state.target
@@ -198,10 +210,22 @@ def observe(
             }
         )
         reasons.append(f"{state.describe()}; ETA {_eta_text(eta)}")
+        # Whole percents: progress is worth a row per percent, not per tick.
+        progress = f"v{state.target} {int(100 * state.progress)}%{waiting and ' waiting'}"
     else:
         cursor.reingest_version = None
 
-    events: list[dg.AssetObservation | dg.AssetCheckEvaluation] = [
+    signature = f"{reporting.behind_band(behind)}|v{state.serving}|{versions_text}|{progress}"
+    if not reporting.observation_due(
+        signature,
+        cursor.observed,
+        cursor.observed_at,
+        now,
+        settings.backup_health_heartbeat_seconds,
+    ):
+        return [], reasons
+    cursor.observed, cursor.observed_at = signature, now
+    return [
         dg.AssetObservation(
             asset_key=topic_asset_key(spec),
             metadata={
@@ -212,8 +236,7 @@ def observe(
             },
         ),
         dg.AssetObservation(asset_key=spec.table, metadata=table_meta),
-    ]
-    return events, reasons
+    ], reasons
 
 
 def backup_tick(
@@ -226,12 +249,26 @@ def backup_tick(
         return dg.SkipReason(f"cannot look at Kafka or PostgreSQL: {_one_line(exc)}")
     now = time.time()
     cursor = Cursor.parse(context.cursor)
-    events, reasons = observe(spec, view, cursor, settings, now)
+    behind = reporting.behind_seconds(cursor.marks, view.serving, now)
+    observations, reasons = observe(spec, view, cursor, settings, now, behind)
+    events: list[dg.AssetObservation | dg.AssetCheckEvaluation] = list(observations)
     since = checks.remember_lag(
-        context.instance, spec, view.serving_lag, settings.backup_caught_up_max_lag, now
+        context.instance,
+        spec,
+        view.serving_lag,
+        settings.backup_caught_up_max_lag,
+        now,
+        behind,
     )
-    health = checks.health(context.instance, spec, view, settings, now, since)
-    events.extend(checks.evaluations(spec, health))
+    health = checks.health(context.instance, spec, view, settings, now, since, behind)
+    outcomes = checks.judge(spec, health)
+    due = reporting.checks_due(
+        {o.name: o.signature for o in outcomes},
+        checks.reported(context.instance, spec),
+        now,
+        settings.backup_health_heartbeat_seconds,
+    )
+    events.extend(checks.evaluation(spec, o) for o in outcomes if o.name in due)
     checks.mark_retried(context.instance, spec)
     version = view.state.serving
     start, why = follow_decision(
@@ -239,7 +276,11 @@ def backup_tick(
         settings.backup_run_follow_seconds,
         f"{spec.table} v{version}",
     )
-    reasons.insert(0, f"lag {view.serving_lag}; {why}")
+    reasons.insert(
+        0,
+        f"lag {view.serving_lag} ({reporting.behind_text(behind)} behind); {why}; "
+        f"{len(events)} events written",
+    )
     context.update_cursor(cursor.dump())
     if start:
         context.log.info("; ".join(reasons))
@@ -310,7 +351,8 @@ def backup_sensor(spec: TopicSpec) -> dg.SensorDefinition:
         job_name(spec),
         backup_tick,
         f"Keeps one run following {spec.table}'s serving version, and reports its lag, "
-        "serving version, re-ingestion progress and health checks every tick.",
+        "serving version, re-ingestion progress and health checks when they change "
+        "(and at least every BACKUP_HEALTH_HEARTBEAT_SECONDS).",
     )
 
 
