@@ -8,7 +8,7 @@ from typing import Any
 import dagster as dg
 
 from backup_pipeline.acknowledge import Unacknowledged
-from backup_pipeline.orchestration import checks, reporting
+from backup_pipeline.orchestration import check_memory, checks, reporting
 from backup_pipeline.orchestration.reporting import Reported
 from backup_pipeline.orchestration.resources import TopicView
 from backup_pipeline.orchestration.sensors import (
@@ -107,7 +107,9 @@ def test_unacknowledged_quarantine_warns_and_gaps_fail() -> None:
 
 
 def test_a_failed_run_fails_the_runs_check_with_its_error() -> None:
-    failed = checks.Health(view(), 10, 300, None, checks.FailedRun("r1", "offsets not accounted"))
+    failed = checks.Health(
+        view(), 10, 300, None, check_memory.FailedRun("r1", "offsets not accounted")
+    )
     judged = outcomes(failed)[checks.RUNS]
     assert not judged.passed and judged.metadata["error"] == "offsets not accounted"
 
@@ -228,7 +230,7 @@ def test_the_lag_check_says_how_far_behind_as_time_and_which_version_serves() ->
 
 
 def test_a_recovered_failed_run_passes_and_says_why() -> None:
-    recovered = checks.FailedRun("r1", "boom", recovered="the topic is caught up")
+    recovered = check_memory.FailedRun("r1", "boom", recovered="the topic is caught up")
     judged = outcomes(checks.Health(view(), 10, 300, None, recovered))[checks.RUNS]
     assert judged.passed and "since recovered: the topic is caught up" in judged.description
 

@@ -14,7 +14,7 @@ from backup_pipeline import logs, versions
 from backup_pipeline.backup import pass_, records
 from backup_pipeline.backup.report import PassReport
 from backup_pipeline.errors import BackupError
-from backup_pipeline.orchestration import checks
+from backup_pipeline.orchestration import check_memory, checks
 from backup_pipeline.orchestration.jobs import TABLE_TAG, VERSION_TAG
 from backup_pipeline.orchestration.resources import (
     BackupEngine,
@@ -282,7 +282,7 @@ def _judge_checks(
         context.log.warning(f"checks not judged with this materialization: {exc}")
         return []
     instance = context.instance
-    since = checks.lag_high_since(instance, spec)
+    since = check_memory.lag_high_since(instance, spec)
     return checks.evaluations(
         spec, checks.health(instance, spec, view, settings, time.time(), since)
     )

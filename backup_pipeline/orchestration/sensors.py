@@ -26,7 +26,7 @@ import psycopg
 from confluent_kafka import KafkaException
 
 from backup_pipeline.errors import BackupError, ConfigError
-from backup_pipeline.orchestration import checks, reporting
+from backup_pipeline.orchestration import check_memory, checks, reporting
 from backup_pipeline.orchestration.assets import topic_asset_key
 from backup_pipeline.orchestration.jobs import (
     TABLE_TAG,
@@ -252,7 +252,7 @@ def backup_tick(
     behind = reporting.behind_seconds(cursor.marks, view.serving, now)
     observations, reasons = observe(spec, view, cursor, settings, now, behind)
     events: list[dg.AssetObservation | dg.AssetCheckEvaluation] = list(observations)
-    since = checks.remember_lag(
+    since = check_memory.remember_lag(
         context.instance,
         spec,
         view.serving_lag,
@@ -269,7 +269,7 @@ def backup_tick(
         settings.backup_health_heartbeat_seconds,
     )
     events.extend(checks.evaluation(spec, o) for o in outcomes if o.name in due)
-    checks.mark_retried(context.instance, spec)
+    check_memory.mark_retried(context.instance, spec)
     version = view.state.serving
     start, why = follow_decision(
         _active_runs(context.instance, job_name(spec), version, now),
