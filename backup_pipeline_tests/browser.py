@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,4 +56,8 @@ def dismiss_dialogs(page: Page) -> None:
         skip.first.wait_for(timeout=3_000)
     except PlaywrightTimeoutError:
         return
-    skip.first.click()
+    # The page's locator handler may click it first (this click is an action too): then
+    # the button is gone before this click lands, which is what we want anyway.
+    with contextlib.suppress(PlaywrightTimeoutError):
+        skip.first.click(timeout=5_000)
+    skip.first.wait_for(state="hidden")
