@@ -32,6 +32,8 @@ sys.path.insert(0, str(BENCH))
 
 from freshness import location_error, run_cli, stop_stack  # noqa: E402
 
+from dev.harness.processes import start_dev_dagster  # noqa: E402
+
 Counts = Counter[str]
 
 
@@ -82,25 +84,9 @@ def start_stack(
 ) -> tuple[subprocess.Popen[str], str]:
     """``repo``'s dev/dagster (its code server imports the package from ``repo``), with this
     checkout's virtualenv."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUP_SENSOR_")}
-    env.update(
-        DAGSTER_HOME=str(home),
-        DAGSTER_PORT=str(port),
-        DAGSTER_CODE_SERVER_PORT=str(code_port),
-        VENV=str(Path(sys.executable).parent.parent),
+    return start_dev_dagster(
+        repo, home, port, code_port, VENV=str(Path(sys.executable).parent.parent)
     )
-    stack = subprocess.Popen(
-        [str(repo / "dev" / "dagster")],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # stopped in order with SIGTERM, not by our Ctrl-C
-    )
-    assert stack.stdout is not None
-    url = stack.stdout.readline().strip()  # dev/dagster prints the URL once the UI answers
-    if not url:
-        raise RuntimeError(f"dev/dagster exited with {stack.wait()} before the UI answered")
-    return stack, url
 
 
 def main() -> int:

@@ -41,7 +41,7 @@ from freshness_report import (  # noqa: E402
     run_counts,
 )
 
-from dev.harness.processes import REPO  # noqa: E402
+from dev.harness.processes import REPO, start_dev_dagster  # noqa: E402
 
 
 def log(message: str) -> None:
@@ -169,22 +169,7 @@ def watch_rows(
 
 
 def start_stack(home: Path, port: int, code_port: int) -> tuple[subprocess.Popen[str], str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUP_SENSOR_")}
-    env.update(
-        DAGSTER_HOME=str(home), DAGSTER_PORT=str(port), DAGSTER_CODE_SERVER_PORT=str(code_port)
-    )
-    stack = subprocess.Popen(
-        [str(REPO / "dev" / "dagster")],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # stopped in order with SIGTERM, not by our Ctrl-C
-    )
-    assert stack.stdout is not None
-    url = stack.stdout.readline().strip()  # dev/dagster prints the URL once the UI answers
-    if not url:
-        raise RuntimeError(f"dev/dagster exited with {stack.wait()} before the UI answered")
-    return stack, url
+    return start_dev_dagster(REPO, home, port, code_port)
 
 
 def stop_stack(stack: subprocess.Popen[str]) -> None:

@@ -86,3 +86,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def start_dev_dagster(
+    repo: Path, home: Path, port: int, code_port: int, **extra: str
+) -> tuple[subprocess.Popen[str], str]:
+    """``repo``'s dev/dagster (code server, daemon, webserver) on ``home``, with this
+    process's environment minus its BACKUP_SENSOR_* settings, plus ``extra``; returns the
+    process and the UI's URL once it answers."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUP_SENSOR_")}
+    env.update(
+        DAGSTER_HOME=str(home), DAGSTER_PORT=str(port), DAGSTER_CODE_SERVER_PORT=str(code_port)
+    )
+    env.update(extra)
+    stack = subprocess.Popen(
+        [str(repo / "dev" / "dagster")],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # stopped in order with SIGTERM, not by our Ctrl-C
+    )
+    assert stack.stdout is not None
+    url = stack.stdout.readline().strip()  # dev/dagster prints the URL once the UI answers
+    if not url:
+        raise RuntimeError(f"dev/dagster exited with {stack.wait()} before the UI answered")
+    return stack, url
