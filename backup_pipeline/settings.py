@@ -207,6 +207,9 @@ class Settings(BaseModel):
     decode_writer_connections: int = Field(
         default=2, ge=1, le=8, validation_alias="BACKUP_DECODE_WRITER_CONNECTIONS"
     )
+    # Niceness the decode follow run runs at (at least; 0: unchanged), so that the raw
+    # backup's runs on the same CPUs get them first (issue 18).
+    decode_nice: int = Field(default=10, ge=0, le=19, validation_alias="BACKUP_DECODE_NICE")
 
     # `backup-pipeline metrics` (metrics/): where it listens, and the longest one scrape may
     # take in all (PostgreSQL, then Kafka with what is left): a scrape that runs out reports

@@ -184,6 +184,7 @@ def test_a_decode_follow_run_decodes_rows_that_arrive_while_it_runs_and_judges_i
         "KAFKA_PAW_ARBEIDSSOKER_BEKREFTELSE_TOPIC": TOPIC["bekreftelser"],
         "KAFKA_PAW_ARBEIDSSOKER_BEKREFTELSE_PAAVEGNEAV_TOPIC": TOPIC["bekreftelse_paa_vegne_av"],
         "BACKUP_FOLLOW_POLL_SECONDS": "0.2",
+        "BACKUP_DECODE_NICE": "0",  # in-process: leave the test process's priority alone
     }.items():
         monkeypatch.setenv(name, value)
     rng = random.Random(16)
@@ -212,3 +213,43 @@ def test_a_decode_follow_run_decodes_rows_that_arrive_while_it_runs_and_judges_i
         evaluation = event.asset_check_evaluation if event else None
         assert evaluation is not None and evaluation.passed is False  # the junk row
     assert len(decoded(db, BEKREFTELSER)) == 3
+
+
+# ------------------------------------------------------------- CPU priority ----
+
+NICENESS = """
+import os
+from backup_pipeline.decode import run
+from backup_pipeline.settings import load_settings
+before = os.getpriority(os.PRIO_PROCESS, 0)
+run.follow(load_settings(), seconds=0)
+once = os.getpriority(os.PRIO_PROCESS, 0)
+run.follow(load_settings(), seconds=0)
+print(before, once, os.getpriority(os.PRIO_PROCESS, 0))
+"""
+
+
+def test_a_decode_follow_run_lowers_its_own_cpu_priority_once_by_the_setting(
+    db, database_url, services
+):
+    # In a child process: niceness cannot be raised back, and the test process keeps its.
+    env = {
+        **os.environ,
+        "KAFKA_BROKERS": services["KAFKA_BROKERS"],
+        "DATABASE_URL": database_url,
+        "KAFKA_PAW_ARBEIDSSOKER_BEKREFTELSE_TOPIC": TOPIC["bekreftelser"],
+        "KAFKA_PAW_ARBEIDSSOKER_BEKREFTELSE_PAAVEGNEAV_TOPIC": TOPIC["bekreftelse_paa_vegne_av"],
+    }
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    for setting, expected in (("7", max(mine, 7)), ("0", mine)):
+        proc = subprocess.run(
+            [sys.executable, "-c", NICENESS],
+            env={**env, "BACKUP_DECODE_NICE": setting},
+            capture_output=True,
+            text=True,
+            timeout=bounded(120),
+        )
+        assert proc.returncode == 0, proc.stderr
+        before, once, twice = map(int, proc.stdout.split())
+        assert (before, once, twice) == (mine, expected, expected), setting
+    assert os.getpriority(os.PRIO_PROCESS, 0) == mine

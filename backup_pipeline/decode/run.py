@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
@@ -63,6 +64,16 @@ def decode_once(
     return reports
 
 
+def lower_priority(niceness: int) -> None:
+    """Run this process at ``niceness`` at least (0: leave it), threads it starts later
+    included: the decode follow run shares the CPUs with the raw backup's runs, which must
+    not slow down for it (issue 18), so the kernel gives them the CPU first. Idempotent: a
+    second call (or a process already that nice) lowers nothing further."""
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if niceness > current:
+        os.nice(niceness - current)
+
+
 def follow_iter(
     settings: Settings,
     tables: Sequence[AvroTable] = AVRO_TABLES,
@@ -74,7 +85,10 @@ def follow_iter(
     """Pass after pass for ``seconds``, yielding each round's reports: new raw rows are
     decoded within about ``poll_seconds`` of their commit. It reads only what the raw
     backup has committed, on its own connection, and takes no lock the raw backup takes,
-    so the raw backup never waits for it."""
+    so the raw backup never waits for it. It runs at ``BACKUP_DECODE_NICE``, and waits
+    ``poll_seconds`` after every round: a round decodes to the end, and polling again at
+    once (rows arrive all the time) only spent CPU the raw backup wanted."""
+    lower_priority(settings.decode_nice)
     resolver = make_resolver(settings)
     deadline = time.monotonic() + seconds
     with _connections(settings) as (conn, writers):
@@ -93,8 +107,7 @@ def follow_iter(
             yield reports
             if time.monotonic() >= deadline or should_stop():
                 return
-            if not any(r.raw_rows or r.redecoded for r in reports):
-                time.sleep(poll_seconds)
+            time.sleep(poll_seconds)
 
 
 def add(total: DecodeReport, report: DecodeReport) -> None:
