@@ -82,6 +82,19 @@ def test_decode_passes_killed_at_any_point_decode_every_row_exactly_once(
 # -------------------------------------------------------------------- Dagster ----
 
 
+def decode_env(monkeypatch, services, database_url, **extra: str) -> None:
+    """The environment an in-process Dagster decode run reads: this test's services,
+    database and Avro topics, plus ``extra``."""
+    for name, value in {
+        "KAFKA_BROKERS": services["KAFKA_BROKERS"],
+        "DATABASE_URL": database_url,
+        "KAFKA_PAW_ARBEIDSSOKER_BEKREFTELSE_TOPIC": TOPIC["bekreftelser"],
+        "KAFKA_PAW_ARBEIDSSOKER_BEKREFTELSE_PAAVEGNEAV_TOPIC": TOPIC["bekreftelse_paa_vegne_av"],
+        **extra,
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
 def test_the_decoded_assets_report_rows_undecodables_schema_ids_and_fail_their_check(
     db, database_url, services, monkeypatch
 ):
@@ -90,13 +103,7 @@ def test_the_decoded_assets_report_rows_undecodables_schema_ids_and_fail_their_c
     from backup_pipeline.orchestration.decoded import CHECK, decoded_avro, decoded_checks
     from backup_pipeline.orchestration.resources import BackupEngine
 
-    for name, value in {
-        "KAFKA_BROKERS": services["KAFKA_BROKERS"],
-        "DATABASE_URL": database_url,
-        "KAFKA_PAW_ARBEIDSSOKER_BEKREFTELSE_TOPIC": TOPIC["bekreftelser"],
-        "KAFKA_PAW_ARBEIDSSOKER_BEKREFTELSE_PAAVEGNEAV_TOPIC": TOPIC["bekreftelse_paa_vegne_av"],
-    }.items():
-        monkeypatch.setenv(name, value)
+    decode_env(monkeypatch, services, database_url)
     rng = random.Random(13)
     store_raw(
         db,
@@ -178,15 +185,13 @@ def test_a_decode_follow_run_decodes_rows_that_arrive_while_it_runs_and_judges_i
     from backup_pipeline.orchestration.decoded import CHECK, decoded_avro
     from backup_pipeline.orchestration.resources import BackupEngine
 
-    for name, value in {
-        "KAFKA_BROKERS": services["KAFKA_BROKERS"],
-        "DATABASE_URL": database_url,
-        "KAFKA_PAW_ARBEIDSSOKER_BEKREFTELSE_TOPIC": TOPIC["bekreftelser"],
-        "KAFKA_PAW_ARBEIDSSOKER_BEKREFTELSE_PAAVEGNEAV_TOPIC": TOPIC["bekreftelse_paa_vegne_av"],
-        "BACKUP_FOLLOW_POLL_SECONDS": "0.2",
-        "BACKUP_DECODE_NICE": "0",  # in-process: leave the test process's priority alone
-    }.items():
-        monkeypatch.setenv(name, value)
+    decode_env(
+        monkeypatch,
+        services,
+        database_url,
+        BACKUP_FOLLOW_POLL_SECONDS="0.2",
+        BACKUP_DECODE_NICE="0",  # in-process: leave the test process's priority alone
+    )
     rng = random.Random(16)
     store_raw(db, BEKREFTELSER, [b"junk"])
 
